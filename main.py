@@ -1,0 +1,13 @@
+"""Entry point for ``uvicorn main:app``: the service configured from the environment."""
+
+import sys
+
+from openexec.app import create_app
+from openexec.plugins import PluginError
+from openexec.settings import ConfigError
+
+try:
+    app = create_app()
+except (ConfigError, PluginError) as exc:
+    print(f"openexec: startup failed: {exc}", file=sys.stderr)
+    raise SystemExit(1) from None

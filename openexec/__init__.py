@@ -1,0 +1,13 @@
+"""OpenExec: runs approved actions exactly once and witnesses each with a signed receipt."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from openexec.actions import Action, ActionError, Context
+from openexec.hookspecs import hookimpl
+
+try:
+    __version__ = version("openexec")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["Action", "ActionError", "Context", "__version__", "hookimpl"]

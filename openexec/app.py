@@ -1,0 +1,55 @@
+"""The app factory: settings in, a ready FastAPI app out. Everything is resolved here, once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from openexec import __version__, api
+from openexec.engine import Engine
+from openexec.plugins import InProcessPlugin, load_registry
+from openexec.receipts import load_receipt_signer
+from openexec.settings import Settings
+from openexec.store import Store
+
+log = logging.getLogger("openexec")
+
+
+def create_app(
+    settings: Settings | None = None, plugins: Iterable[InProcessPlugin] | None = None
+) -> FastAPI:
+    """Build the service. ``plugins`` registers plugins in-process instead of entry points.
+
+    Raises ``ConfigError`` or ``PluginError`` with one clear message when startup must stop.
+    """
+    settings = settings or Settings.from_env()
+    registry = load_registry(settings, plugins)
+    signer = load_receipt_signer(settings)
+    store = Store(settings)
+    store.prepare()
+    engine = Engine(settings, registry, store, signer)
+    if settings.mode == "demo":
+        log.warning("demo mode: actions run without approval; set OPENEXEC_MODE=clawshield")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+        store.dispose()
+
+    app = FastAPI(
+        title="OpenExec",
+        version=__version__,
+        description="Governed, deterministic execution with signed receipts.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.include_router(api.service)
+    app.include_router(api.execution)
+    app.include_router(api.receipts)
+    api.install_error_handlers(app)
+    app.add_middleware(api.BodyLimit, max_bytes=settings.max_request_bytes)
+    return app

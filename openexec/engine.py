@@ -1,0 +1,411 @@
+"""Execution semantics (spec section 4): check, reserve, run once, record, receipt.
+
+Data flows one way: the API hands a parsed request to ``Engine.execute``; the engine talks to
+the store and the plugins' handlers and returns the response body or raises a ``Problem``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from anyio import to_thread
+from pydantic import ValidationError
+
+from openexec import __version__
+from openexec.actions import ActionError, Context
+from openexec.approvals import Approval, ApprovalError, ApprovalVerifier
+from openexec.models import ExecuteRequest
+from openexec.plugins import RegisteredAction, Registry
+from openexec.receipts import ReceiptSigner, result_sha256
+from openexec.settings import Settings
+from openexec.signing import canonical_json, request_sha256
+from openexec.store import Execution, ReservationConflict, Store, StoreUnavailable
+
+log = logging.getLogger("openexec.engine")
+
+RECORD_ATTEMPTS = 5
+INTERNAL_ERROR_MESSAGE = "The action failed with an internal error; see the service log."
+
+
+class Problem(Exception):
+    """A refusal the API renders as problem+json; raised before anything was reserved,
+    except for the 503 that reports an outcome the store could not record."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Engine:
+    """Runs approved requests exactly once against the frozen registry."""
+
+    def __init__(
+        self, settings: Settings, registry: Registry, store: Store, signer: ReceiptSigner
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.signer = signer
+        self.verifier = (
+            ApprovalVerifier.from_settings(settings) if settings.mode == "clawshield" else None
+        )
+        # Sync handlers run here, not in the server's threadpool, so one that overruns its
+        # time limit cannot starve the threads the store calls need.
+        self._handler_threads = ThreadPoolExecutor(thread_name_prefix="openexec-handler")
+
+    def close(self) -> None:
+        self._handler_threads.shutdown(wait=False, cancel_futures=True)
+
+    async def execution(self, exec_id: str) -> Execution | None:
+        return await self._store(self.store.get, exec_id)
+
+    async def unready_reason(self) -> str | None:
+        """Why the service cannot take executions now, or None when the store answers."""
+        try:
+            await to_thread.run_sync(self.store.ping)
+        except StoreUnavailable as exc:
+            return f"store unavailable: {exc}"
+        return None
+
+    async def execute(self, request: ExecuteRequest) -> dict[str, Any]:
+        registered = self._lookup(request.action)
+        approval = self._verify_approval(request)
+        tenant = approval.tenant_id if approval else None
+        request_hash = request_sha256(request.action, request.payload)
+        for _ in range(3):  # a lost reservation race goes back to the lookup (step 3)
+            existing = await self._store(self.store.find, tenant, request.nonce)
+            if existing is not None:
+                return await self._answer_existing(existing, request_hash, approval)
+            if approval is not None:
+                await self._check_approval_usable(approval)
+            payload = self._validate_payload(registered, request.payload)
+            execution = self._new_execution(request, registered, approval, request_hash)
+            try:
+                await self._store(self.store.reserve, execution)
+            except ReservationConflict:
+                continue
+            # Once reserved, the outcome is recorded even if the client goes away.
+            return await asyncio.shield(self._run(execution, registered, payload))
+        raise Problem(503, "storage_unavailable", "The store did not settle a reservation race.")
+
+    # Steps 1–2: what is asked, and whether it is approved.
+
+    def _lookup(self, name: str) -> RegisteredAction:
+        registered = self.registry.actions.get(name)
+        if registered is None:
+            raise Problem(404, "unknown_action", f"No action named {name!r} is registered.")
+        if name not in self.registry.allowed:
+            raise Problem(
+                403, "action_not_allowed", f"Action {name!r} is not in the execution allow-list."
+            )
+        return registered
+
+    def _verify_approval(self, request: ExecuteRequest) -> Approval | None:
+        if self.verifier is None:
+            return None
+        if request.approval_artifact is None:
+            raise Problem(
+                403, "approval_required", "ClawShield mode requires an approval artifact."
+            )
+        try:
+            return self.verifier.verify(
+                request.approval_artifact, request.action, request.payload, request.nonce
+            )
+        except ApprovalError as exc:
+            raise Problem(403, exc.code, exc.detail) from None
+
+    # Step 3: a nonce seen before.
+
+    async def _answer_existing(
+        self, existing: Execution, request_hash: str, approval: Approval | None
+    ) -> dict[str, Any]:
+        same_approval = approval is None or existing.approval_sha256 == approval.sha256
+        if existing.request_sha256 != request_hash or not same_approval:
+            raise Problem(
+                422, "nonce_reused", "This nonce was already used for a different request."
+            )
+        if existing.status == "running":
+            remaining = existing.lease_expires_at - time.time()
+            if remaining > 0:
+                raise Problem(
+                    409,
+                    "execution_in_progress",
+                    "An execution with this nonce is still running; retry later.",
+                    headers={"Retry-After": str(max(1, int(remaining + 0.999)))},
+                )
+            existing = await self._expire(existing)
+        return {**json.loads(existing.response), "replayed": True}
+
+    async def _expire(self, execution: Execution) -> Execution:
+        """The process that reserved this row died: say so with a receipt, never run it again."""
+        fields = self._outcome_fields(
+            execution,
+            "indeterminate",
+            None,
+            {
+                "code": "indeterminate",
+                "message": "The execution's lease expired before its outcome was recorded; "
+                "it may or may not have taken effect. It will not be run again.",
+            },
+        )
+        await self._store(self.store.expire, execution.id, time.time(), fields)
+        current = await self._store(self.store.get, execution.id)
+        assert current is not None and current.response is not None
+        return current
+
+    # Steps 4–6: approval window and single use, payload, reservation.
+
+    async def _check_approval_usable(self, approval: Approval) -> None:
+        try:
+            self.verifier.check_window(approval, utc_now())
+        except ApprovalError as exc:
+            raise Problem(403, exc.code, exc.detail) from None
+        if await self._store(self.store.approval_used, approval.approval_id):
+            raise Problem(
+                403, "approval_already_used", "This approval already backed another execution."
+            )
+
+    def _validate_payload(self, registered: RegisteredAction, payload: dict[str, Any]) -> Any:
+        try:
+            return registered.action.input.model_validate(payload)
+        except ValidationError as exc:
+            raise Problem(
+                422,
+                "payload_invalid",
+                f"The payload does not match the input of action {registered.name!r}.",
+                extra={"errors": validation_errors(exc)},
+            ) from None
+
+    def _new_execution(
+        self,
+        request: ExecuteRequest,
+        registered: RegisteredAction,
+        approval: Approval | None,
+        request_hash: str,
+    ) -> Execution:
+        started = utc_now()
+        timeout = self._timeout(registered)
+        return Execution(
+            id=str(uuid.uuid4()),
+            tenant=(approval.tenant_id if approval else None) or "",
+            nonce=request.nonce,
+            action=registered.name,
+            plugin_name=registered.plugin_name,
+            plugin_version=registered.plugin_version,
+            mode=self.settings.mode,
+            request_sha256=request_hash,
+            payload=json.dumps(request.payload, ensure_ascii=False),
+            approval_id=approval.approval_id if approval else None,
+            approval_format=approval.format if approval else None,
+            approval_sha256=approval.sha256 if approval else None,
+            approval_key_id=approval.key_id if approval else None,
+            status="running",
+            started_at=rfc3339(started),
+            lease_expires_at=started.timestamp() + timeout + self.settings.lease_grace_s,
+        )
+
+    def _timeout(self, registered: RegisteredAction) -> float:
+        return registered.action.timeout_s or self.settings.action_timeout_s
+
+    # Steps 7–8: run under the time limit, record, sign.
+
+    async def _run(
+        self, execution: Execution, registered: RegisteredAction, payload: Any
+    ) -> dict[str, Any]:
+        context = Context(
+            exec_id=execution.id,
+            nonce=execution.nonce,
+            tenant_id=execution.tenant or None,
+            action=execution.action,
+            mode=execution.mode,
+            started_at=datetime.fromisoformat(execution.started_at),
+            logger=logging.getLogger(f"openexec.action.{execution.action}"),
+        )
+        status, result, error = await self._call_handler(registered, payload, context)
+        fields = self._outcome_fields(execution, status, result, error)
+        recorded = await self._record(execution.id, fields)
+        if recorded is None:
+            raise Problem(
+                503,
+                "storage_unavailable",
+                "The action ran but its outcome could not be recorded; the execution will be "
+                "reported as indeterminate.",
+                extra={"outcome": json.loads(fields["response"])},
+            )
+        if not recorded:  # the lease passed and another request marked it indeterminate
+            log.error("execution %s finished as %s after its lease expired", execution.id, status)
+            current = await self._store(self.store.get, execution.id)
+            return json.loads(current.response)
+        return json.loads(fields["response"])
+
+    async def _call_handler(
+        self, registered: RegisteredAction, payload: Any, context: Context
+    ) -> tuple[str, dict[str, Any] | None, dict[str, str] | None]:
+        handler = registered.action.handler
+        timeout = self._timeout(registered)
+        try:
+            if _is_async(handler):
+                value = await asyncio.wait_for(handler(payload, context), timeout)
+            else:
+                future = self._handler_threads.submit(handler, payload, context)
+                try:
+                    value = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+                except TimeoutError:
+                    future.add_done_callback(_log_late_outcome(context))
+                    raise
+        except TimeoutError:
+            message = f"The action did not finish within {timeout:g} seconds."
+            return "timed_out", None, {"code": "timed_out", "message": message}
+        except ActionError as exc:
+            return "failed", None, {"code": exc.code, "message": exc.message}
+        except Exception:
+            log.exception("action %s (execution %s) raised", context.action, context.exec_id)
+            return "failed", None, {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}
+        try:
+            return "succeeded", _json_object(value), None
+        except (TypeError, ValueError) as exc:
+            log.error("action %s (execution %s): %s", context.action, context.exec_id, exc)
+            message = "The action returned a value that is not a JSON object."
+            return "failed", None, {"code": "invalid_result", "message": message}
+
+    def _outcome_fields(
+        self,
+        execution: Execution,
+        status: str,
+        result: dict[str, Any] | None,
+        error: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        completed_at = rfc3339(utc_now())
+        approval = None
+        if execution.approval_id is not None:
+            approval = {
+                "id": execution.approval_id,
+                "format": execution.approval_format,
+                "sha256": execution.approval_sha256,
+                "key_id": execution.approval_key_id,
+            }
+        predicate = {
+            "exec_id": execution.id,
+            "tenant_id": execution.tenant or None,
+            "nonce": execution.nonce,
+            "action": execution.action,
+            "plugin": {"name": execution.plugin_name, "version": execution.plugin_version},
+            "mode": execution.mode,
+            "approval": approval,
+            "request_sha256": execution.request_sha256,
+            "status": status,
+            "result_sha256": result_sha256(result),
+            "error": error,
+            "started_at": execution.started_at,
+            "completed_at": completed_at,
+            "service": {"name": "openexec", "version": __version__},
+        }
+        envelope, receipt = self.signer.sign(predicate)
+        response = {
+            "id": execution.id,
+            "action": execution.action,
+            "result": result,
+            "approved": True,
+            "receipt": receipt,
+            "status": status,
+            "error": error,
+            "replayed": False,
+            "nonce": execution.nonce,
+            "tenant_id": execution.tenant or None,
+            "request_sha256": execution.request_sha256,
+            "receipt_envelope": envelope,
+        }
+        return {
+            "status": status,
+            "result": None if result is None else json.dumps(result, ensure_ascii=False),
+            "error_code": error["code"] if error else None,
+            "error_message": error["message"] if error else None,
+            "completed_at": completed_at,
+            "receipt": receipt,
+            "receipt_envelope": json.dumps(envelope),
+            "response": json.dumps(response, ensure_ascii=False),
+        }
+
+    async def _record(self, exec_id: str, fields: dict[str, Any]) -> bool | None:
+        """Record an outcome, retrying through a brief outage; None if the store stayed down."""
+        delay = 0.05
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return await to_thread.run_sync(self.store.finish, exec_id, fields)
+            except StoreUnavailable as exc:
+                log.warning("recording execution %s failed (attempt %d): %s", exec_id, attempt, exc)
+                await asyncio.sleep(delay)
+                delay *= 4
+        log.error("execution %s: outcome not recorded: %s", exec_id, fields["response"])
+        return None
+
+    async def _store(self, method: Any, *args: Any) -> Any:
+        try:
+            return await to_thread.run_sync(method, *args)
+        except StoreUnavailable:
+            raise Problem(
+                503, "storage_unavailable", "The store is unavailable; nothing was executed."
+            ) from None
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors without the input values or URLs, safe to echo back."""
+    return [
+        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+        for error in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def _is_async(handler: Any) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    """Handlers must return a JSON object; anything else is the handler's failure, not ours."""
+    if not isinstance(value, dict):
+        raise TypeError(f"handler returned {type(value).__name__}, not a JSON object")
+    return json.loads(canonical_json(value))
+
+
+def _log_late_outcome(context: Context) -> Any:
+    def log_it(future: Future) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        outcome = f"raised {error!r}" if error else "returned a result"
+        log.warning(
+            "execution %s (%s) was recorded timed_out; its handler finished later and %s",
+            context.exec_id,
+            context.action,
+            outcome,
+        )
+
+    return log_it

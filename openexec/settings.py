@@ -1,0 +1,150 @@
+"""Configuration, read once at startup into an immutable Settings object."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+MODES = ("demo", "clawshield")
+PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the variable and what is wrong."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with. Build with ``from_env`` or directly in tests."""
+
+    mode: str = "demo"
+    clawshield_public_keys: tuple[Ed25519PublicKey, ...] = ()
+    tenant_id: str | None = None
+    allowed_actions: tuple[str, ...] | None = None
+    plugins: tuple[str, ...] | None = None
+    db_url: str = "sqlite:///openexec.db"
+    receipt_key_path: Path | None = None
+    service_id: str | None = None
+    action_timeout_s: float = 30.0
+    clock_skew_s: float = 60.0
+    max_request_bytes: int = 1_048_576
+    files_root: Path = Path("openexec-files")
+    files_max_bytes: int = 10_485_760
+    lease_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError("OPENEXEC_MODE", f"must be 'demo' or 'clawshield', got {self.mode!r}")
+        if self.mode == "clawshield" and not self.clawshield_public_keys:
+            raise ConfigError(
+                "CLAWSHIELD_PUBLIC_KEY",
+                "CLAWSHIELD_PUBLIC_KEY not configured: clawshield mode needs the approver's "
+                "Ed25519 public key (PEM)",
+            )
+        object.__setattr__(self, "db_url", normalise_db_url(self.db_url))
+
+    @property
+    def database_kind(self) -> str:
+        return "postgresql" if self.db_url.startswith("postgresql") else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for PostgreSQL and in-memory databases."""
+        database = make_url(self.db_url).database
+        if self.database_kind != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database)
+
+    @property
+    def safe_db_url(self) -> str:
+        """The database URL with any password masked, for messages and logs."""
+        return make_url(self.db_url).render_as_string(hide_password=True)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the OPENEXEC_* and CLAWSHIELD_* variables; raise ConfigError naming the bad one."""
+        env = os.environ if environ is None else environ
+        keys_pem = env.get("CLAWSHIELD_PUBLIC_KEY")
+        receipt_key = env.get("OPENEXEC_RECEIPT_KEY")
+        return cls(
+            mode=env.get("OPENEXEC_MODE", "demo").strip().lower() or "demo",
+            clawshield_public_keys=parse_public_keys(keys_pem) if keys_pem else (),
+            tenant_id=env.get("CLAWSHIELD_TENANT_ID") or None,
+            allowed_actions=_name_list(env, "OPENEXEC_ALLOWED_ACTIONS"),
+            plugins=_name_list(env, "OPENEXEC_PLUGINS"),
+            db_url=env.get("OPENEXEC_DB_URL") or "sqlite:///openexec.db",
+            receipt_key_path=Path(receipt_key) if receipt_key else None,
+            service_id=env.get("OPENEXEC_SERVICE_ID") or None,
+            action_timeout_s=_positive(env, "OPENEXEC_ACTION_TIMEOUT_S", 30.0, float),
+            clock_skew_s=_positive(env, "OPENEXEC_CLOCK_SKEW_S", 60.0, float, allow_zero=True),
+            max_request_bytes=_positive(env, "OPENEXEC_MAX_REQUEST_BYTES", 1_048_576, int),
+            files_root=Path(env.get("OPENEXEC_FILES_ROOT") or "openexec-files"),
+            files_max_bytes=_positive(env, "OPENEXEC_FILES_MAX_BYTES", 10_485_760, int),
+            lease_grace_s=_positive(env, "OPENEXEC_LEASE_GRACE_S", 10.0, float),
+        )
+
+
+def parse_public_keys(text: str, variable: str = "CLAWSHIELD_PUBLIC_KEY") -> tuple[Ed25519PublicKey, ...]:
+    """Parse one or more concatenated PEM Ed25519 public keys (several allow key rotation)."""
+    text = text.replace("\\n", "\n")
+    blocks = PEM_BLOCK.findall(text)
+    if not blocks:
+        raise ConfigError(variable, "no PEM public key found (expected '-----BEGIN PUBLIC KEY-----')")
+    keys = []
+    for number, block in enumerate(blocks, start=1):
+        try:
+            key = load_pem_public_key(block.encode())
+        except ValueError as exc:
+            raise ConfigError(variable, f"PEM block {number} is not a valid public key ({exc})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError(variable, f"PEM block {number} is not an Ed25519 key")
+        keys.append(key)
+    return tuple(keys)
+
+
+def normalise_db_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and select the psycopg 3 driver for them."""
+    try:
+        parsed: URL = make_url(url)
+    except ArgumentError:
+        raise ConfigError("OPENEXEC_DB_URL", "is not a valid database URL") from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend != "sqlite":
+        raise ConfigError(
+            "OPENEXEC_DB_URL", f"unsupported database {backend!r}: use sqlite:/// or postgresql://"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def _name_list(env: Mapping[str, str], variable: str) -> tuple[str, ...] | None:
+    """Unset → None (no filter); set → the comma-separated names, possibly none."""
+    if variable not in env:
+        return None
+    return tuple(name.strip() for name in env[variable].split(",") if name.strip())
+
+
+def _positive(env, variable, default, kind, allow_zero=False):
+    raw = env.get(variable)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(variable, f"must be a number, got {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
+        raise ConfigError(variable, f"must be a positive number, got {raw!r}")
+    return value

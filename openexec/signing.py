@@ -1,0 +1,98 @@
+"""Canonical JSON, hashes and DSSE envelopes: the primitives approvals and receipts share."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) canonical JSON bytes."""
+    return rfc8785.dumps(value)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def request_sha256(action: str, payload: dict[str, Any]) -> str:
+    """The identity of a request: SHA-256 of the JCS form of ``{"action", "payload"}``."""
+    return sha256_hex(canonical_json({"action": action, "payload": payload}))
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """First 16 hex digits of SHA-256 over the raw 32-byte public key."""
+    return sha256_hex(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw))[:16]
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE pre-authentication encoding: ``DSSEv1 SP len(type) SP type SP len(body) SP body``."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(body), body)
+
+
+def sign_envelope(private_key: Ed25519PrivateKey, payload_type: str, body: bytes) -> dict:
+    """A DSSE envelope over ``body`` with one Ed25519 signature."""
+    signature = private_key.sign(pae(payload_type, body))
+    return {
+        "payloadType": payload_type,
+        "payload": base64.b64encode(body).decode(),
+        "signatures": [
+            {"keyid": key_id(private_key.public_key()), "sig": base64.b64encode(signature).decode()}
+        ],
+    }
+
+
+class EnvelopeError(ValueError):
+    """A DSSE envelope that is malformed, of the wrong type, or signed by no known key."""
+
+    def __init__(self, reason: str, malformed: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.malformed = malformed
+
+
+def open_envelope(
+    envelope: Any, payload_type: str, keys: tuple[Ed25519PublicKey, ...]
+) -> tuple[bytes, Ed25519PublicKey]:
+    """Verify a DSSE envelope and return its payload bytes and the key that verified it.
+
+    The signature is checked over the exact payload bytes before anything parses them;
+    ``keyid`` is only a hint, so every known key is tried against every signature.
+    """
+    if not isinstance(envelope, dict):
+        raise EnvelopeError("envelope must be a JSON object", malformed=True)
+    if envelope.get("payloadType") != payload_type:
+        raise EnvelopeError(f"payloadType must be {payload_type!r}", malformed=True)
+    body = _b64(envelope.get("payload"), "payload")
+    signatures = envelope.get("signatures")
+    if not isinstance(signatures, list) or not signatures:
+        raise EnvelopeError("envelope has no signatures", malformed=True)
+    message = pae(payload_type, body)
+    for entry in signatures:
+        if not isinstance(entry, dict):
+            raise EnvelopeError("each signature must be an object", malformed=True)
+        signature = _b64(entry.get("sig"), "sig")
+        for key in keys:
+            try:
+                key.verify(signature, message)
+            except InvalidSignature:
+                continue
+            return body, key
+    raise EnvelopeError("Invalid signature: no known key verifies the envelope")
+
+
+def _b64(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise EnvelopeError(f"{field} must be a base64 string", malformed=True)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise EnvelopeError(f"{field} is not valid base64", malformed=True) from None

@@ -1,0 +1,97 @@
+"""Pytest plugin for plugin authors: test a pack in-process, without installing it.
+
+    def test_my_action(openexec_client):
+        client = openexec_client(my_pack, allowed_actions=("my.action",))
+        assert client.post("/execute", json={...}).status_code == 200
+
+Each call builds a fresh app with its own plugin manager, SQLite file and receipt key, so
+nothing leaks between tests. ``approver`` mints valid approvals for clawshield-mode apps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from openexec.app import create_app
+from openexec.approvals import mint_v1, mint_v2
+from openexec.plugins import InProcessPlugin
+from openexec.settings import Settings
+
+
+def in_process(plugin: ModuleType | InProcessPlugin) -> InProcessPlugin:
+    """Name a plugin module after the distribution that ships it, when it is installed."""
+    if isinstance(plugin, InProcessPlugin):
+        return plugin
+    top_level = plugin.__name__.partition(".")[0]
+    for distribution in packages_distributions().get(top_level, []):
+        try:
+            return InProcessPlugin(plugin, distribution, version(distribution))
+        except PackageNotFoundError:
+            continue
+    return InProcessPlugin(plugin, top_level.replace("_", "-"))
+
+
+def make_app(
+    *plugins: ModuleType | InProcessPlugin, directory: Path, **overrides: Any
+) -> FastAPI:
+    """An app with only ``plugins`` registered, its state kept under ``directory``."""
+    defaults = Settings(
+        db_url=f"sqlite:///{directory / 'openexec.db'}", files_root=directory / "files"
+    )
+    settings = dataclasses.replace(defaults, **overrides)
+    return create_app(settings, [in_process(p) for p in plugins])
+
+
+@pytest.fixture
+def openexec_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """Factory: ``openexec_client(*plugin_modules, **settings_overrides)`` → a started TestClient."""
+    with ExitStack() as stack:
+        count = 0
+
+        def build(*plugins: ModuleType | InProcessPlugin, **overrides: Any) -> TestClient:
+            nonlocal count
+            count += 1
+            directory = tmp_path / f"openexec-{count}"
+            directory.mkdir()
+            app = make_app(*plugins, directory=directory, **overrides)
+            return stack.enter_context(TestClient(app, raise_server_exceptions=False))
+
+        yield build
+
+
+class Approver:
+    """A governance signer for tests: holds a key pair and mints v1 or v2 approvals."""
+
+    def __init__(self) -> None:
+        self.private_key = Ed25519PrivateKey.generate()
+        self.public_key = self.private_key.public_key()
+        self.public_key_pem = self.public_key.public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        """Settings overrides for a clawshield-mode app trusting this approver."""
+        return {"mode": "clawshield", "clawshield_public_keys": (self.public_key,), **overrides}
+
+    def v1(self, action: str, payload: dict[str, Any] | None = None, **options: Any) -> dict:
+        return mint_v1(self.private_key, action, payload or {}, **options)
+
+    def v2(self, action: str, payload: dict[str, Any] | None = None, **options: Any) -> dict:
+        return mint_v2(self.private_key, action, payload or {}, **options)
+
+
+@pytest.fixture
+def approver() -> Approver:
+    return Approver()

@@ -1,0 +1,103 @@
+"""A test pack whose actions leave observable traces: a journal file, events, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from openexec import Action, ActionError, Context, hookimpl
+from openexec.settings import Settings
+
+# Set by in-process tests that need to hold a handler mid-run.
+started = threading.Event()
+release = threading.Event()
+
+
+class Note(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = "x"
+    hold_s: float = 0.0
+
+
+class Empty(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Seconds(BaseModel):
+    seconds: float
+
+
+def journal_path(settings: Settings) -> Path:
+    return settings.files_root / "journal.txt"
+
+
+@hookimpl
+def register_actions(settings: Settings) -> list[Action]:
+    journal = journal_path(settings)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+
+    def bump(payload: Note, ctx: Context) -> dict[str, Any]:
+        """Append one line per run: the side effect exactly-once must protect."""
+        with journal.open("a") as handle:
+            handle.write(f"{ctx.exec_id} {payload.note}\n")
+        if payload.hold_s:
+            time.sleep(payload.hold_s)
+        return {"runs": len(journal.read_text().splitlines())}
+
+    def hold(payload: Empty, ctx: Context) -> dict[str, Any]:
+        """Run until a test releases it."""
+        with journal.open("a") as handle:
+            handle.write(f"{ctx.exec_id} hold\n")
+        started.set()
+        release.wait(10)
+        return {"held": True}
+
+    def refuse(payload: Empty, ctx: Context) -> dict[str, Any]:
+        raise ActionError("refused", "The probe refuses politely.")
+
+    def crash(payload: Empty, ctx: Context) -> dict[str, Any]:
+        raise TypeError("unsupported operand type(s): secret internals")
+
+    def bad_result(payload: Empty, ctx: Context) -> Any:
+        return ["not", "an", "object"]
+
+    def nan_result(payload: Empty, ctx: Context) -> Any:
+        return {"value": float("nan")}
+
+    def sleep_sync(payload: Seconds, ctx: Context) -> dict[str, Any]:
+        time.sleep(payload.seconds)
+        with journal.open("a") as handle:
+            handle.write(f"{ctx.exec_id} late\n")
+        return {"slept": payload.seconds}
+
+    async def sleep_async(payload: Seconds, ctx: Context) -> dict[str, Any]:
+        await asyncio.sleep(payload.seconds)
+        return {"slept": payload.seconds}
+
+    async def context(payload: Empty, ctx: Context) -> dict[str, Any]:
+        return {
+            "exec_id": ctx.exec_id,
+            "nonce": ctx.nonce,
+            "tenant_id": ctx.tenant_id,
+            "action": ctx.action,
+            "mode": ctx.mode,
+            "started_at": ctx.started_at.isoformat(),
+        }
+
+    return [
+        Action("probe.bump", bump, Note, "Append a line to the journal."),
+        Action("probe.hold", hold, Empty, "Block until released."),
+        Action("probe.refuse", refuse, Empty, "Fail with an ActionError."),
+        Action("probe.crash", crash, Empty, "Raise a TypeError."),
+        Action("probe.bad_result", bad_result, Empty, "Return a list."),
+        Action("probe.nan_result", nan_result, Empty, "Return NaN."),
+        Action("probe.sleep_sync", sleep_sync, Seconds, "Sleep (sync).", timeout_s=0.5),
+        Action("probe.sleep_async", sleep_async, Seconds, "Sleep (async).", timeout_s=0.5),
+        Action("probe.context", context, Empty, "Return the context."),
+    ]
