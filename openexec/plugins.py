@@ -99,7 +99,7 @@ def load_registry(
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(
-            f"plugin {exc.plugin_name!r} implements a hook that does not exist: {exc}"
+            f"plugin {manager.get_name(exc.plugin)!r} implements a hook that does not exist: {exc}"
         ) from None
     actions = _collect_actions(manager, settings, versions)
     allowed = _apply_allow_list(actions, settings.allowed_actions)

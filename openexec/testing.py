@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from openexec.app import create_app
 from openexec.approvals import mint_v1, mint_v2
 from openexec.plugins import InProcessPlugin
+from openexec.receipts import private_key_pem
 from openexec.settings import Settings
 
 
@@ -46,9 +47,15 @@ def in_process(plugin: ModuleType | InProcessPlugin) -> InProcessPlugin:
 def make_app(
     *plugins: ModuleType | InProcessPlugin, directory: Path, **overrides: Any
 ) -> FastAPI:
-    """An app with only ``plugins`` registered, its state kept under ``directory``."""
+    """An app with only ``plugins`` registered, its state (and receipt key) under ``directory``."""
+    receipt_key = directory / "receipt-key.pem"
+    if not receipt_key.exists():
+        receipt_key.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
+        receipt_key.chmod(0o600)
     defaults = Settings(
-        db_url=f"sqlite:///{directory / 'openexec.db'}", files_root=directory / "files"
+        db_url=f"sqlite:///{directory / 'openexec.db'}",
+        files_root=directory / "files",
+        receipt_key_path=receipt_key,
     )
     settings = dataclasses.replace(defaults, **overrides)
     return create_app(settings, [in_process(p) for p in plugins])

@@ -1,24 +1,66 @@
+"""Shared fixtures: apps on SQLite and on a real PostgreSQL server, and ways to look inside."""
+
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openexec_echo
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from openexec.plugins import InProcessPlugin
+from openexec.store import EXECUTIONS
 from tests.support import probe_pack
 
 PROBE = InProcessPlugin(probe_pack, "probe-pack", "1.0")
+PG_VARIABLE = "OPENEXEC_TEST_PG_URL"
+
+
+def postgres_admin_url() -> str:
+    """The PostgreSQL server the test script started. Missing is a failure, never a skip."""
+    url = os.environ.get(PG_VARIABLE)
+    if not url:
+        pytest.fail(f"{PG_VARIABLE} is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
+    return url
 
 
 @pytest.fixture
-def make_client(openexec_client: Callable[..., TestClient]) -> Callable[..., TestClient]:
-    """A client for an app serving the echo pack and the probe pack."""
+def postgres_database() -> Iterator[Callable[[], str]]:
+    """Factory for fresh, empty PostgreSQL databases; each is dropped after the test."""
+    admin = postgres_admin_url()
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"openexec_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return make_url(admin).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with psycopg.connect(admin, autocommit=True) as connection:
+        for name in created:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_client(openexec_client, backend, request) -> Callable[..., TestClient]:
+    """A client for an app serving the echo and probe packs, on the parametrised backend."""
 
     def build(**overrides) -> TestClient:
+        if backend == "postgresql" and "db_url" not in overrides:
+            overrides["db_url"] = request.getfixturevalue("postgres_database")()
         return openexec_client(openexec_echo, PROBE, **overrides)
 
     return build
@@ -36,11 +78,9 @@ def settings_of(client: TestClient):
 
 
 def stored_rows(client: TestClient) -> list[dict]:
-    """Every execution row, read straight from the SQLite file."""
-    path = settings_of(client).sqlite_path
-    with sqlite3.connect(path) as connection:
-        connection.row_factory = sqlite3.Row
-        return [dict(row) for row in connection.execute("SELECT * FROM executions")]
+    """Every execution row, read straight from the database."""
+    with client.app.state.engine.store.engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(select(EXECUTIONS))]
 
 
 def journal(client: TestClient) -> list[str]:

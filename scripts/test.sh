@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything the tests need into .venv, start PostgreSQL, lint, and run every test.
+# Usage: scripts/test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
+
+OPENEXEC_TEST_PG_URL=$(scripts/postgres.sh)
+export OPENEXEC_TEST_PG_URL
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,153 @@
+"""Receipts: genuine ones verify through the API and offline; forged ones never do."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+from tests.conftest import execute
+
+
+def offline_verify(envelope: dict, public_key_pem: str) -> dict:
+    """Check a receipt with the public key and the DSSE spec alone; returns the statement."""
+    key = load_pem_public_key(public_key_pem.encode())
+    assert isinstance(key, Ed25519PublicKey)
+    body = base64.b64decode(envelope["payload"])
+    kind = envelope["payloadType"].encode()
+    pae = b"DSSEv1 " + str(len(kind)).encode() + b" " + kind + b" " + str(len(body)).encode() + b" " + body
+    key.verify(base64.b64decode(envelope["signatures"][0]["sig"]), pae)  # raises if forged
+    return json.loads(body)
+
+
+@pytest.fixture
+def done(client):
+    response = execute(client, "echo", {"msg": "hello", "n": 1.5}, nonce="receipt-1").json()
+    return client, response
+
+
+def test_receipt_verifies_offline_with_only_the_public_key(done):
+    client, response = done
+    [key] = client.get("/receipts/keys").json()
+    assert key["algorithm"] == "ed25519"
+    envelope = response["receipt_envelope"]
+    statement = offline_verify(envelope, key["public_key_pem"])
+
+    raw_key = load_pem_public_key(key["public_key_pem"].encode()).public_bytes(
+        Encoding.Raw, PublicFormat.Raw
+    )
+    assert envelope["signatures"][0]["keyid"] == key["key_id"] == hashlib.sha256(raw_key).hexdigest()[:16]
+    assert envelope["payloadType"] == "application/vnd.in-toto+json"
+    body = base64.b64decode(envelope["payload"])
+    assert body == rfc8785.dumps(statement)  # the payload is JCS
+    assert hashlib.sha256(body).hexdigest() == response["receipt"]
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "urn:openexec:receipt:v1"
+    assert statement["subject"] == [
+        {"name": f"openexec/execution/{response['id']}", "digest": {"sha256": response["request_sha256"]}}
+    ]
+    predicate = statement["predicate"]
+    assert predicate["exec_id"] == response["id"] and predicate["status"] == "succeeded"
+    assert predicate["result_sha256"] == hashlib.sha256(rfc8785.dumps(response["result"])).hexdigest()
+    assert predicate["plugin"] == {"name": "openexec-echo", "version": "0.1.0"}
+    assert predicate["mode"] == "demo" and predicate["approval"] is None
+    assert predicate["service"]["name"] == "openexec"
+    assert predicate["started_at"].endswith("Z") and predicate["completed_at"].endswith("Z")
+    assert client.get(f"/receipts/{response['id']}").json() == envelope
+
+
+def test_offline_check_rejects_a_tampered_receipt(done):
+    client, response = done
+    [key] = client.get("/receipts/keys").json()
+    statement = json.loads(base64.b64decode(response["receipt_envelope"]["payload"]))
+    statement["predicate"]["status"] = "failed"
+    forged = {**response["receipt_envelope"], "payload": base64.b64encode(rfc8785.dumps(statement)).decode()}
+    with pytest.raises(InvalidSignature):
+        offline_verify(forged, key["public_key_pem"])
+
+
+def test_api_verifies_the_genuine_receipt_both_ways(done):
+    client, response = done
+    by_id = {"exec_id": response["id"], "receipt": response["receipt"], "result": response["result"]}
+    assert client.post("/receipts/verify", json=by_id).json()["valid"] is True
+    as_text = {**by_id, "result": json.dumps(response["result"])}
+    assert client.post("/receipts/verify", json=as_text).json()["valid"] is True
+    by_envelope = {"envelope": response["receipt_envelope"], "result": response["result"]}
+    verdict = client.post("/receipts/verify", json=by_envelope).json()
+    assert verdict == {"valid": True, "reason": None, "exec_id": response["id"], "status": "succeeded"}
+    assert client.post("/receipts/verify", json={"envelope": response["receipt_envelope"]}).json()["valid"]
+
+
+def forged_envelopes(envelope: dict) -> list[dict]:
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["result_sha256"] = "0" * 64
+    other_key = Ed25519PrivateKey.generate()
+    body = rfc8785.dumps(statement)
+    pae = b"DSSEv1 28 application/vnd.in-toto+json %d %s" % (len(body), body)
+    signature = envelope["signatures"][0]
+    return [
+        {**envelope, "payload": base64.b64encode(body).decode()},  # edited, old signature
+        {**envelope, "payload": base64.b64encode(body).decode(),   # edited, signed by a stranger
+         "signatures": [{"keyid": signature["keyid"], "sig": base64.b64encode(other_key.sign(pae)).decode()}]},
+        {**envelope, "signatures": [{**signature, "sig": base64.b64encode(b"\0" * 64).decode()}]},
+        {**envelope, "signatures": []},
+        {**envelope, "payloadType": "application/json"},
+        {**envelope, "payload": "***"},
+    ]
+
+
+def test_forged_envelopes_never_verify(done):
+    client, response = done
+    for forged in forged_envelopes(response["receipt_envelope"]):
+        verdict = client.post("/receipts/verify", json={"envelope": forged}).json()
+        assert verdict["valid"] is False and verdict["reason"], forged
+
+
+def test_forged_receipt_hashes_never_verify(done):
+    client, response = done
+    base = {"exec_id": response["id"], "receipt": response["receipt"], "result": response["result"]}
+    someone_elses = hashlib.sha256(b"anything").hexdigest()
+    cases = [
+        {**base, "receipt": someone_elses},
+        {**base, "result": {"echo": {"msg": "tampered", "n": 1.5}}},
+        {**base, "result": None},
+        {**base, "result": "not json"},
+        {**base, "exec_id": "no-such-execution"},
+    ]
+    for case in cases:
+        verdict = client.post("/receipts/verify", json=case).json()
+        assert verdict["valid"] is False and verdict["reason"], case
+
+
+def test_a_receipt_from_another_service_key_does_not_verify(make_client):
+    one, two = make_client(), make_client()
+    response = execute(one, "echo", {}, nonce="cross").json()
+    verdict = two.post("/receipts/verify", json={"envelope": response["receipt_envelope"]}).json()
+    assert verdict["valid"] is False and "Invalid signature" in verdict["reason"]
+
+
+def test_receipt_key_is_created_once_with_mode_0600_and_reused(make_client, tmp_path):
+    key_path = tmp_path / "keys" / "receipt.pem"
+    key_path.parent.mkdir()
+    private = Ed25519PrivateKey.generate()
+    from openexec.receipts import private_key_pem
+
+    key_path.write_bytes(private_key_pem(private))
+    client = make_client(receipt_key_path=key_path)
+    [key] = client.get("/receipts/keys").json()
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert key["key_id"] == hashlib.sha256(raw).hexdigest()[:16]
+
+    generated = make_client(receipt_key_path=None, db_url=f"sqlite:///{tmp_path / 'gen' / 'db.sqlite'}")
+    path = tmp_path / "gen" / "openexec-receipt-key.pem"
+    assert path.stat().st_mode & 0o777 == 0o600
+    first_id = generated.get("/receipts/keys").json()[0]["key_id"]
+    from openexec.receipts import load_receipt_signer
+
+    assert load_receipt_signer(generated.app.state.engine.settings).key_id == first_id

@@ -1,0 +1,139 @@
+"""Configuration: read once, validated, and a clear one-line error naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from openexec.settings import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pem(key) -> str:
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def test_no_variables_means_demo_on_sqlite():
+    settings = Settings.from_env({})
+    assert settings.mode == "demo" and settings.database_kind == "sqlite"
+    assert settings.db_url == "sqlite:///openexec.db"
+    assert settings.allowed_actions is None and settings.plugins is None
+    assert (settings.action_timeout_s, settings.clock_skew_s) == (30.0, 60.0)
+    assert (settings.max_request_bytes, settings.files_max_bytes) == (1_048_576, 10_485_760)
+
+
+def test_variables_are_parsed():
+    keys = pem(Ed25519PrivateKey.generate()) + pem(Ed25519PrivateKey.generate())
+    settings = Settings.from_env(
+        {
+            "OPENEXEC_MODE": "clawshield",
+            "CLAWSHIELD_PUBLIC_KEY": keys,
+            "CLAWSHIELD_TENANT_ID": "acme",
+            "OPENEXEC_ALLOWED_ACTIONS": " echo , files.* ,",
+            "OPENEXEC_PLUGINS": "openexec-echo",
+            "OPENEXEC_DB_URL": "postgres://u:pw@db/openexec",
+            "OPENEXEC_SERVICE_ID": "svc",
+            "OPENEXEC_ACTION_TIMEOUT_S": "2.5",
+            "OPENEXEC_MAX_REQUEST_BYTES": "2048",
+        }
+    )
+    assert len(settings.clawshield_public_keys) == 2 and settings.tenant_id == "acme"
+    assert settings.allowed_actions == ("echo", "files.*") and settings.plugins == ("openexec-echo",)
+    assert settings.db_url == "postgresql+psycopg://u:pw@db/openexec"
+    assert settings.database_kind == "postgresql" and settings.safe_db_url.count("pw") == 0
+    assert settings.action_timeout_s == 2.5 and settings.max_request_bytes == 2048
+
+
+def test_empty_plugin_list_is_none_selected():
+    assert Settings.from_env({"OPENEXEC_PLUGINS": ""}).plugins == ()
+
+
+def test_settings_are_immutable():
+    settings = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        settings.mode = "clawshield"
+
+
+@pytest.mark.parametrize(
+    "env, variable, fragment",
+    [
+        ({"OPENEXEC_MODE": "yolo"}, "OPENEXEC_MODE", "'demo' or 'clawshield'"),
+        ({"OPENEXEC_MODE": "clawshield"}, "CLAWSHIELD_PUBLIC_KEY", "CLAWSHIELD_PUBLIC_KEY not configured"),
+        ({"OPENEXEC_MODE": "clawshield", "CLAWSHIELD_PUBLIC_KEY": "garbage"}, "CLAWSHIELD_PUBLIC_KEY", "no PEM"),
+        (
+            {"CLAWSHIELD_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"},
+            "CLAWSHIELD_PUBLIC_KEY",
+            "not a valid public key",
+        ),
+        ({"OPENEXEC_ACTION_TIMEOUT_S": "soon"}, "OPENEXEC_ACTION_TIMEOUT_S", "must be a number"),
+        ({"OPENEXEC_ACTION_TIMEOUT_S": "-1"}, "OPENEXEC_ACTION_TIMEOUT_S", "positive"),
+        ({"OPENEXEC_ACTION_TIMEOUT_S": "nan"}, "OPENEXEC_ACTION_TIMEOUT_S", "positive"),
+        ({"OPENEXEC_MAX_REQUEST_BYTES": "1.5"}, "OPENEXEC_MAX_REQUEST_BYTES", "must be a number"),
+        ({"OPENEXEC_DB_URL": "mysql://u:hunter2@h/db"}, "OPENEXEC_DB_URL", "unsupported database"),
+        ({"OPENEXEC_DB_URL": "::nonsense::"}, "OPENEXEC_DB_URL", "not a valid database URL"),
+    ],
+)
+def test_invalid_configuration_names_the_variable(env, variable, fragment):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+    assert error.value.variable == variable
+    assert str(error.value).startswith(f"{variable}: ") and fragment in str(error.value)
+    assert "hunter2" not in str(error.value)
+
+
+def test_rsa_key_is_refused():
+    rsa = pem(generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(ConfigError, match="not an Ed25519 key"):
+        Settings.from_env({"OPENEXEC_MODE": "clawshield", "CLAWSHIELD_PUBLIC_KEY": rsa})
+
+
+def test_escaped_newlines_in_a_key_are_accepted():
+    key = pem(Ed25519PrivateKey.generate()).replace("\n", "\\n")
+    settings = Settings.from_env({"OPENEXEC_MODE": "clawshield", "CLAWSHIELD_PUBLIC_KEY": key})
+    assert len(settings.clawshield_public_keys) == 1
+
+
+def start_main(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """Import main.py the way uvicorn does, in a clean environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENEXEC_", "CLAWSHIELD_"))}
+    return subprocess.run(
+        [sys.executable, "-c", "import main"],
+        cwd=ROOT,
+        env={**clean, "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+             "OPENEXEC_FILES_ROOT": str(tmp_path / "files"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"OPENEXEC_MODE": "clawshield"}, "CLAWSHIELD_PUBLIC_KEY not configured"),
+        ({"OPENEXEC_ALLOWED_ACTIONS": "ehco"}, "OPENEXEC_ALLOWED_ACTIONS: entry 'ehco' matches no"),
+        ({"OPENEXEC_PLUGINS": "openexec-nothing"}, "OPENEXEC_PLUGINS: plugin(s) not installed"),
+        ({"OPENEXEC_RECEIPT_KEY": "/nonexistent/key.pem"}, "OPENEXEC_RECEIPT_KEY: cannot read"),
+        ({"OPENEXEC_DB_URL": "postgresql://u:hunter2@127.0.0.1:1/x"}, "OPENEXEC_DB_URL: cannot open"),
+    ],
+)
+def test_startup_failure_is_one_clear_line(tmp_path, env, message):
+    finished = start_main(tmp_path, **env)
+    assert finished.returncode == 1
+    lines = finished.stderr.strip().splitlines()
+    assert lines[-1].startswith("openexec: startup failed: ") and message in lines[-1]
+    assert "Traceback" not in finished.stderr and "hunter2" not in finished.stderr
+
+
+def test_main_starts_with_zero_configuration(tmp_path):
+    finished = start_main(tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert "demo mode" in finished.stderr
