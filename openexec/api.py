@@ -49,7 +49,9 @@ async def read_model(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(parse_json(await request.body()))
     except BadJson as exc:
-        raise Problem(422, "invalid_request", f"The request body is not acceptable: {exc}.") from None
+        raise Problem(
+            422, "invalid_request", f"The request body is not acceptable: {exc}."
+        ) from None
     except ValidationError as exc:
         raise Problem(
             422,
@@ -163,12 +165,13 @@ async def verify(request: Request) -> VerifyResponse:
             raise Problem(422, "invalid_request", "Send either an envelope or exec_id and receipt.")
         verdict = verify_envelope(body.envelope, keys, given)
         return VerifyResponse(
-            valid=verdict.valid, reason=verdict.reason, exec_id=verdict.exec_id, status=verdict.status
+            valid=verdict.valid,
+            reason=verdict.reason,
+            exec_id=verdict.exec_id,
+            status=verdict.status,
         )
     if body.exec_id is None or body.receipt is None or given is NO_RESULT:
-        raise Problem(
-            422, "invalid_request", "Send exec_id, receipt and result, or an envelope."
-        )
+        raise Problem(422, "invalid_request", "Send exec_id, receipt and result, or an envelope.")
     execution = await engine.execution(body.exec_id)
     if execution is None or execution.receipt_envelope is None:
         return VerifyResponse(valid=False, reason="no finished execution with that exec_id")

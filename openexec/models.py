@@ -1,4 +1,4 @@
-"""The API's vocabulary: request and response models, and the bounded JSON parser in front of them."""
+"""The API's vocabulary: request and response models, and the bounded JSON parser before them."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ class ReceiptKey(BaseModel):
 
 
 class VerifyRequest(BaseModel):
-    """Either ``exec_id`` + ``receipt`` + ``result``, or an ``envelope`` (and optionally ``result``)."""
+    """Either ``exec_id``, ``receipt`` and ``result``, or an ``envelope`` (``result`` optional)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -104,7 +104,9 @@ def load_registry(
     actions = _collect_actions(manager, settings, versions)
     allowed = _apply_allow_list(actions, settings.allowed_actions)
     plugins = tuple(
-        PluginInfo(name, versions[name], tuple(a.name for a in actions.values() if a.plugin_name == name))
+        PluginInfo(
+            name, versions[name], tuple(a.name for a in actions.values() if a.plugin_name == name)
+        )
         for name in sorted(versions)
     )
     return Registry(

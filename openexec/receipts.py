@@ -7,6 +7,7 @@ anyone with the public key can check it without asking the service.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import tempfile
@@ -98,10 +99,8 @@ def _create_key_file(path: Path) -> None:
             handle.write(private_key_pem(Ed25519PrivateKey.generate()))
             handle.flush()
             os.fsync(handle.fileno())
-        try:
+        with contextlib.suppress(FileExistsError):  # another worker published one first
             os.link(temporary, path)
-        except FileExistsError:
-            pass
     finally:
         os.unlink(temporary)
 
@@ -110,9 +109,13 @@ def _read_private_key(path: Path, variable: str) -> Ed25519PrivateKey:
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise ConfigError(variable, f"cannot read receipt key {str(path)!r}: {exc.strerror}") from None
+        raise ConfigError(
+            variable, f"cannot read receipt key {str(path)!r}: {exc.strerror}"
+        ) from None
     except (ValueError, TypeError):
-        raise ConfigError(variable, f"{str(path)!r} is not an unencrypted PEM private key") from None
+        raise ConfigError(
+            variable, f"{str(path)!r} is not an unencrypted PEM private key"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(variable, f"{str(path)!r} is not an Ed25519 private key")
     return key

@@ -96,18 +96,24 @@ class Settings:
         )
 
 
-def parse_public_keys(text: str, variable: str = "CLAWSHIELD_PUBLIC_KEY") -> tuple[Ed25519PublicKey, ...]:
+def parse_public_keys(
+    text: str, variable: str = "CLAWSHIELD_PUBLIC_KEY"
+) -> tuple[Ed25519PublicKey, ...]:
     """Parse one or more concatenated PEM Ed25519 public keys (several allow key rotation)."""
     text = text.replace("\\n", "\n")
     blocks = PEM_BLOCK.findall(text)
     if not blocks:
-        raise ConfigError(variable, "no PEM public key found (expected '-----BEGIN PUBLIC KEY-----')")
+        raise ConfigError(
+            variable, "no PEM public key found (expected '-----BEGIN PUBLIC KEY-----')"
+        )
     keys = []
     for number, block in enumerate(blocks, start=1):
         try:
             key = load_pem_public_key(block.encode())
         except ValueError as exc:
-            raise ConfigError(variable, f"PEM block {number} is not a valid public key ({exc})") from None
+            raise ConfigError(
+                variable, f"PEM block {number} is not a valid public key ({exc})"
+            ) from None
         if not isinstance(key, Ed25519PublicKey):
             raise ConfigError(variable, f"PEM block {number} is not an Ed25519 key")
         keys.append(key)

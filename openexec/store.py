@@ -8,8 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Column, Engine, String, UniqueConstraint, create_engine, event, insert
-from sqlalchemy import select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
@@ -194,12 +203,16 @@ def _create_engine(settings: Settings) -> Engine:
     path = settings.sqlite_path
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.db_url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(
+        settings.db_url, connect_args={"timeout": 30, "check_same_thread": False}
+    )
 
     @event.listens_for(engine, "connect")
     def _durable_shared_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers and one writer at a time, across workers
+        cursor.execute(
+            "PRAGMA journal_mode=WAL"
+        )  # readers and one writer at a time, across workers
         cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()

@@ -44,9 +44,7 @@ def in_process(plugin: ModuleType | InProcessPlugin) -> InProcessPlugin:
     return InProcessPlugin(plugin, top_level.replace("_", "-"))
 
 
-def make_app(
-    *plugins: ModuleType | InProcessPlugin, directory: Path, **overrides: Any
-) -> FastAPI:
+def make_app(*plugins: ModuleType | InProcessPlugin, directory: Path, **overrides: Any) -> FastAPI:
     """An app with only ``plugins`` registered, its state (and receipt key) under ``directory``."""
     receipt_key = directory / "receipt-key.pem"
     if not receipt_key.exists():
@@ -63,7 +61,7 @@ def make_app(
 
 @pytest.fixture
 def openexec_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """Factory: ``openexec_client(*plugin_modules, **settings_overrides)`` → a started TestClient."""
+    """Factory: ``openexec_client(*plugin_modules, **settings)`` → a started TestClient."""
     with ExitStack() as stack:
         count = 0
 

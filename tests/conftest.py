@@ -26,7 +26,9 @@ def postgres_admin_url() -> str:
     """The PostgreSQL server the test script started. Missing is a failure, never a skip."""
     url = os.environ.get(PG_VARIABLE)
     if not url:
-        pytest.fail(f"{PG_VARIABLE} is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
+        pytest.fail(
+            f"{PG_VARIABLE} is not set: run the tests with scripts/test.sh, which starts PostgreSQL"
+        )
     return url
 
 
@@ -88,6 +90,8 @@ def journal(client: TestClient) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def execute(client: TestClient, action: str, payload: dict | None = None, nonce: str = "n-1", **extra):
+def execute(
+    client: TestClient, action: str, payload: dict | None = None, nonce: str = "n-1", **extra
+):
     body = {"action": action, "payload": payload or {}, "nonce": nonce, **extra}
     return client.post("/execute", json=body)

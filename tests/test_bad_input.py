@@ -70,7 +70,9 @@ def test_unacceptable_json_is_422(client, body, fragment):
 
 
 def test_invalid_utf8_is_422(client):
-    problem = assert_problem(post_raw(client, b'{"action":"echo","nonce":"\xff"}'), 422, "invalid_request")
+    problem = assert_problem(
+        post_raw(client, b'{"action":"echo","nonce":"\xff"}'), 422, "invalid_request"
+    )
     assert "UTF-8" in problem["detail"]
 
 
@@ -104,7 +106,10 @@ def test_nesting_within_the_bound_is_accepted(client):
         ({"action": "echo", "payload": {}, "nonce": "has space"}, "nonce"),
         ({"action": "echo", "payload": {}, "nonce": "tab\t"}, "nonce"),
         ({"action": "echo", "payload": {}, "nonce": "é"}, "nonce"),
-        ({"action": "echo", "payload": {}, "nonce": "n", "approval_artifact": "sig"}, "approval_artifact"),
+        (
+            {"action": "echo", "payload": {}, "nonce": "n", "approval_artifact": "sig"},
+            "approval_artifact",
+        ),
         ({"action": "echo", "payload": {}, "nonce": "n", "surprise": 1}, "surprise"),
         ({"action": "", "payload": {}, "nonce": "n"}, "action"),
     ],
@@ -133,7 +138,9 @@ def test_null_payload_means_empty(client):
 
 
 def test_unknown_action_is_404(client):
-    assert_problem(client.post("/execute", json={"action": "rm.rf", "nonce": "n"}), 404, "unknown_action")
+    assert_problem(
+        client.post("/execute", json={"action": "rm.rf", "nonce": "n"}), 404, "unknown_action"
+    )
     assert stored_rows(client) == []
 
 

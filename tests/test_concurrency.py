@@ -27,9 +27,9 @@ def server(tmp_path: Path):
 
 def fire(url: str, body: dict, count: int) -> list[httpx.Response]:
     """Send ``count`` requests at once from as many threads, released together."""
-    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=count)) as client:
-        with ThreadPoolExecutor(count) as pool:
-            return list(pool.map(lambda _: client.post(f"{url}/execute", json=body), range(count)))
+    limits = httpx.Limits(max_connections=count)
+    with httpx.Client(timeout=30, limits=limits) as client, ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: client.post(f"{url}/execute", json=body), range(count)))
 
 
 def test_concurrent_identical_requests_run_once_across_workers(server):
@@ -38,7 +38,9 @@ def test_concurrent_identical_requests_run_once_across_workers(server):
     responses = fire(process.url, body, REQUESTS)
 
     statuses = sorted({r.status_code for r in responses})
-    assert set(statuses) <= {200, 409}, [r.text for r in responses if r.status_code not in (200, 409)]
+    assert set(statuses) <= {200, 409}, [
+        r.text for r in responses if r.status_code not in (200, 409)
+    ]
     successes = [r.json() for r in responses if r.status_code == 200]
     conflicts = [r.json() for r in responses if r.status_code == 409]
     assert successes, "no request succeeded"

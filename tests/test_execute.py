@@ -50,11 +50,13 @@ def test_same_nonce_different_request_is_refused(client):
 
 def test_key_order_does_not_change_request_identity(client):
     first = client.post(
-        "/execute", content=b'{"action":"echo","payload":{"a":1,"b":2},"nonce":"k"}',
+        "/execute",
+        content=b'{"action":"echo","payload":{"a":1,"b":2},"nonce":"k"}',
         headers={"content-type": "application/json"},
     )
     second = client.post(
-        "/execute", content=b'{"nonce":"k","payload":{"b":2,"a":1},"action":"echo"}',
+        "/execute",
+        content=b'{"nonce":"k","payload":{"b":2,"a":1},"action":"echo"}',
         headers={"content-type": "application/json"},
     )
     assert second.json()["replayed"] is True
@@ -155,10 +157,18 @@ def test_expired_lease_is_recorded_indeterminate_and_never_rerun(client):
     request_hash = sha256_hex(canonical_json({"action": "probe.bump", "payload": payload}))
     engine.store.reserve(
         Execution(
-            id="dead-worker-exec", tenant="", nonce="orphan", action="probe.bump",
-            plugin_name="probe-pack", plugin_version="1.0", mode="demo",
-            request_sha256=request_hash, payload='{"note": "lost"}', status="running",
-            started_at="2026-01-01T00:00:00.000000Z", lease_expires_at=time.time() - 1,
+            id="dead-worker-exec",
+            tenant="",
+            nonce="orphan",
+            action="probe.bump",
+            plugin_name="probe-pack",
+            plugin_version="1.0",
+            mode="demo",
+            request_sha256=request_hash,
+            payload='{"note": "lost"}',
+            status="running",
+            started_at="2026-01-01T00:00:00.000000Z",
+            lease_expires_at=time.time() - 1,
         )
     )
     response = execute(client, "probe.bump", payload, nonce="orphan")
@@ -178,9 +188,17 @@ def test_unexpired_lease_of_another_process_is_in_progress(client):
     request_hash = sha256_hex(canonical_json({"action": "echo", "payload": {}}))
     engine.store.reserve(
         Execution(
-            id="live-exec", tenant="", nonce="live", action="echo", plugin_name="openexec-echo",
-            plugin_version="0.1.0", mode="demo", request_sha256=request_hash, payload="{}",
-            status="running", started_at="2026-01-01T00:00:00.000000Z",
+            id="live-exec",
+            tenant="",
+            nonce="live",
+            action="echo",
+            plugin_name="openexec-echo",
+            plugin_version="0.1.0",
+            mode="demo",
+            request_sha256=request_hash,
+            payload="{}",
+            status="running",
+            started_at="2026-01-01T00:00:00.000000Z",
             lease_expires_at=time.time() + 60,
         )
     )

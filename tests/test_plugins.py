@@ -95,19 +95,23 @@ def test_empty_plugin_list_loads_nothing():
 
 def test_a_plugin_that_fails_to_import_stops_startup_naming_it(dists):
     dists.add("broken-pack", "broken_pack", "raise RuntimeError('boom at import')\n")
-    with pytest.raises(PluginError, match=r"plugin 'broken-pack' failed to import: RuntimeError: boom"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'broken-pack' failed to import: RuntimeError: boom"
+    ):
         load_registry(Settings())
     load_registry(Settings(plugins=("openexec-echo",)))  # not selected: not imported, no error
 
 
 def test_a_missing_plugin_stops_startup():
-    with pytest.raises(ConfigError, match="OPENEXEC_PLUGINS: plugin.* not installed: no-such-pack"):
+    with pytest.raises(ConfigError, match=r"OPENEXEC_PLUGINS: plugin.* not installed: no-such"):
         load_registry(Settings(plugins=("openexec-echo", "no-such-pack")))
 
 
 def test_two_actions_with_one_name_stop_startup_naming_both(dists):
     dists.add("echo-clone", "echo_clone", GOOD_PACK.replace("{name}", "echo"))
-    with pytest.raises(PluginError, match=r"'echo' is registered twice: by plugin '.*' and by plugin '.*'") as error:
+    with pytest.raises(
+        PluginError, match=r"'echo' is registered twice: by plugin '.*' and by plugin '.*'"
+    ) as error:
         load_registry(Settings(plugins=("openexec-echo", "echo-clone")))
     assert "openexec-echo" in str(error.value) and "echo-clone" in str(error.value)
 
@@ -121,7 +125,9 @@ def test_a_hookimpl_matching_no_hookspec_stops_startup(dists):
         """
     )
     dists.add("typo-pack", "typo_pack", source)
-    with pytest.raises(PluginError, match=r"plugin 'typo-pack' implements a hook that does not exist"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'typo-pack' implements a hook that does not exist"
+    ):
         load_registry(Settings(plugins=("typo-pack",)))
 
 
@@ -135,9 +141,14 @@ def test_a_hookimpl_with_unknown_arguments_stops_startup(dists):
 
 
 def test_register_actions_must_return_actions(dists):
-    dists.add("wrong-pack", "wrong_pack", GOOD_PACK.replace("return [Action(", "return [dict(name=").replace(
-        '"{name}", run, Empty, "A pack installed for a test.")', '"x")'))
-    with pytest.raises(PluginError, match="wrong-pack.*must return a list of Action"):
+    dists.add(
+        "wrong-pack",
+        "wrong_pack",
+        GOOD_PACK.replace("return [Action(", "return [dict(name=").replace(
+            '"{name}", run, Empty, "A pack installed for a test.")', '"x")'
+        ),
+    )
+    with pytest.raises(PluginError, match=r"wrong-pack.*must return a list of Action"):
         load_registry(Settings(plugins=("wrong-pack",)))
 
 
@@ -165,7 +176,9 @@ def test_no_allow_list_allows_everything():
 
 @pytest.mark.parametrize("entry", ["ehco", "files.*", "ech*", "echo.*"])
 def test_allow_list_entry_matching_nothing_stops_startup(entry):
-    with pytest.raises(ConfigError, match=rf"OPENEXEC_ALLOWED_ACTIONS: entry {re.escape(repr(entry))} matches no"):
+    with pytest.raises(
+        ConfigError, match=rf"OPENEXEC_ALLOWED_ACTIONS: entry {re.escape(repr(entry))} matches no"
+    ):
         load_registry(Settings(allowed_actions=("echo", entry)), [ECHO])
 
 
@@ -209,14 +222,18 @@ def test_a_pack_installed_after_startup_changes_nothing(dists, tmp_path):
         dists.add("late-pack", "late_pack", GOOD_PACK.replace("{name}", "late.run"))
         assert "late.run" in load_registry(Settings()).actions  # a new startup would see it
         assert client.get("/actions").json() == before
-        response = client.post("/execute", json={"action": "late.run", "payload": {}, "nonce": "late"})
+        response = client.post(
+            "/execute", json={"action": "late.run", "payload": {}, "nonce": "late"}
+        )
         assert response.status_code == 404 and response.json()["code"] == "unknown_action"
         assert "late.run" not in [p["actions"] for p in client.get("/health").json()["plugins"]]
 
 
 def test_filtered_action_is_403_and_hidden(make_client):
     client = make_client(allowed_actions=("echo",))
-    response = client.post("/execute", json={"action": "add", "payload": {"a": 1, "b": 2}, "nonce": "n"})
+    response = client.post(
+        "/execute", json={"action": "add", "payload": {"a": 1, "b": 2}, "nonce": "n"}
+    )
     assert response.status_code == 403
     assert response.json()["code"] == "action_not_allowed"
     assert "not in the execution allow-list" in response.json()["detail"]

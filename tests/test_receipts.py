@@ -21,7 +21,16 @@ def offline_verify(envelope: dict, public_key_pem: str) -> dict:
     assert isinstance(key, Ed25519PublicKey)
     body = base64.b64decode(envelope["payload"])
     kind = envelope["payloadType"].encode()
-    pae = b"DSSEv1 " + str(len(kind)).encode() + b" " + kind + b" " + str(len(body)).encode() + b" " + body
+    pae = (
+        b"DSSEv1 "
+        + str(len(kind)).encode()
+        + b" "
+        + kind
+        + b" "
+        + str(len(body)).encode()
+        + b" "
+        + body
+    )
     key.verify(base64.b64decode(envelope["signatures"][0]["sig"]), pae)  # raises if forged
     return json.loads(body)
 
@@ -42,7 +51,11 @@ def test_receipt_verifies_offline_with_only_the_public_key(done):
     raw_key = load_pem_public_key(key["public_key_pem"].encode()).public_bytes(
         Encoding.Raw, PublicFormat.Raw
     )
-    assert envelope["signatures"][0]["keyid"] == key["key_id"] == hashlib.sha256(raw_key).hexdigest()[:16]
+    assert (
+        envelope["signatures"][0]["keyid"]
+        == key["key_id"]
+        == hashlib.sha256(raw_key).hexdigest()[:16]
+    )
     assert envelope["payloadType"] == "application/vnd.in-toto+json"
     body = base64.b64decode(envelope["payload"])
     assert body == rfc8785.dumps(statement)  # the payload is JCS
@@ -50,11 +63,16 @@ def test_receipt_verifies_offline_with_only_the_public_key(done):
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
     assert statement["predicateType"] == "urn:openexec:receipt:v1"
     assert statement["subject"] == [
-        {"name": f"openexec/execution/{response['id']}", "digest": {"sha256": response["request_sha256"]}}
+        {
+            "name": f"openexec/execution/{response['id']}",
+            "digest": {"sha256": response["request_sha256"]},
+        }
     ]
     predicate = statement["predicate"]
     assert predicate["exec_id"] == response["id"] and predicate["status"] == "succeeded"
-    assert predicate["result_sha256"] == hashlib.sha256(rfc8785.dumps(response["result"])).hexdigest()
+    assert (
+        predicate["result_sha256"] == hashlib.sha256(rfc8785.dumps(response["result"])).hexdigest()
+    )
     assert predicate["plugin"] == {"name": "openexec-echo", "version": "0.1.0"}
     assert predicate["mode"] == "demo" and predicate["approval"] is None
     assert predicate["service"]["name"] == "openexec"
@@ -67,21 +85,35 @@ def test_offline_check_rejects_a_tampered_receipt(done):
     [key] = client.get("/receipts/keys").json()
     statement = json.loads(base64.b64decode(response["receipt_envelope"]["payload"]))
     statement["predicate"]["status"] = "failed"
-    forged = {**response["receipt_envelope"], "payload": base64.b64encode(rfc8785.dumps(statement)).decode()}
+    forged = {
+        **response["receipt_envelope"],
+        "payload": base64.b64encode(rfc8785.dumps(statement)).decode(),
+    }
     with pytest.raises(InvalidSignature):
         offline_verify(forged, key["public_key_pem"])
 
 
 def test_api_verifies_the_genuine_receipt_both_ways(done):
     client, response = done
-    by_id = {"exec_id": response["id"], "receipt": response["receipt"], "result": response["result"]}
+    by_id = {
+        "exec_id": response["id"],
+        "receipt": response["receipt"],
+        "result": response["result"],
+    }
     assert client.post("/receipts/verify", json=by_id).json()["valid"] is True
     as_text = {**by_id, "result": json.dumps(response["result"])}
     assert client.post("/receipts/verify", json=as_text).json()["valid"] is True
     by_envelope = {"envelope": response["receipt_envelope"], "result": response["result"]}
     verdict = client.post("/receipts/verify", json=by_envelope).json()
-    assert verdict == {"valid": True, "reason": None, "exec_id": response["id"], "status": "succeeded"}
-    assert client.post("/receipts/verify", json={"envelope": response["receipt_envelope"]}).json()["valid"]
+    assert verdict == {
+        "valid": True,
+        "reason": None,
+        "exec_id": response["id"],
+        "status": "succeeded",
+    }
+    assert client.post("/receipts/verify", json={"envelope": response["receipt_envelope"]}).json()[
+        "valid"
+    ]
 
 
 def forged_envelopes(envelope: dict) -> list[dict]:
@@ -93,8 +125,13 @@ def forged_envelopes(envelope: dict) -> list[dict]:
     signature = envelope["signatures"][0]
     return [
         {**envelope, "payload": base64.b64encode(body).decode()},  # edited, old signature
-        {**envelope, "payload": base64.b64encode(body).decode(),   # edited, signed by a stranger
-         "signatures": [{"keyid": signature["keyid"], "sig": base64.b64encode(other_key.sign(pae)).decode()}]},
+        {
+            **envelope,
+            "payload": base64.b64encode(body).decode(),  # edited, signed by a stranger
+            "signatures": [
+                {"keyid": signature["keyid"], "sig": base64.b64encode(other_key.sign(pae)).decode()}
+            ],
+        },
         {**envelope, "signatures": [{**signature, "sig": base64.b64encode(b"\0" * 64).decode()}]},
         {**envelope, "signatures": []},
         {**envelope, "payloadType": "application/json"},
@@ -144,7 +181,9 @@ def test_receipt_key_is_created_once_with_mode_0600_and_reused(make_client, tmp_
     raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     assert key["key_id"] == hashlib.sha256(raw).hexdigest()[:16]
 
-    generated = make_client(receipt_key_path=None, db_url=f"sqlite:///{tmp_path / 'gen' / 'db.sqlite'}")
+    generated = make_client(
+        receipt_key_path=None, db_url=f"sqlite:///{tmp_path / 'gen' / 'db.sqlite'}"
+    )
     path = tmp_path / "gen" / "openexec-receipt-key.pem"
     assert path.stat().st_mode & 0o777 == 0o600
     first_id = generated.get("/receipts/keys").json()[0]["key_id"]

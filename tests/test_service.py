@@ -11,7 +11,11 @@ from tests.conftest import execute, journal
 
 
 def test_root(client):
-    assert client.get("/").json() == {"service": "OpenExec", "status": "running", "version": __version__}
+    assert client.get("/").json() == {
+        "service": "OpenExec",
+        "status": "running",
+        "version": __version__,
+    }
 
 
 def test_health_in_open_demo_mode(client, backend):
@@ -45,7 +49,9 @@ def test_ready_and_unready(client, backend):
     store.engine = create_engine(unreachable, pool_pre_ping=True)
     response = client.get("/ready")
     assert response.status_code == 503
-    assert response.json()["ready"] is False and response.json()["reason"].startswith("store unavailable")
+    assert response.json()["ready"] is False and response.json()["reason"].startswith(
+        "store unavailable"
+    )
     refused = execute(client, "probe.bump", {}, nonce="during-outage")
     assert refused.status_code == 503 and refused.json()["code"] == "storage_unavailable"
     assert journal(client) == []  # nothing ran
@@ -69,5 +75,7 @@ def test_actions_list_only_allowed_with_schemas(make_client):
 
 def test_openapi_documents_the_execute_body(client):
     schema = client.get("/openapi.json").json()
-    body = schema["paths"]["/execute"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = schema["paths"]["/execute"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     assert body["required"] == ["action", "nonce"]

@@ -46,7 +46,9 @@ def test_variables_are_parsed():
         }
     )
     assert len(settings.clawshield_public_keys) == 2 and settings.tenant_id == "acme"
-    assert settings.allowed_actions == ("echo", "files.*") and settings.plugins == ("openexec-echo",)
+    assert settings.allowed_actions == ("echo", "files.*") and settings.plugins == (
+        "openexec-echo",
+    )
     assert settings.db_url == "postgresql+psycopg://u:pw@db/openexec"
     assert settings.database_kind == "postgresql" and settings.safe_db_url.count("pw") == 0
     assert settings.action_timeout_s == 2.5 and settings.max_request_bytes == 2048
@@ -66,8 +68,16 @@ def test_settings_are_immutable():
     "env, variable, fragment",
     [
         ({"OPENEXEC_MODE": "yolo"}, "OPENEXEC_MODE", "'demo' or 'clawshield'"),
-        ({"OPENEXEC_MODE": "clawshield"}, "CLAWSHIELD_PUBLIC_KEY", "CLAWSHIELD_PUBLIC_KEY not configured"),
-        ({"OPENEXEC_MODE": "clawshield", "CLAWSHIELD_PUBLIC_KEY": "garbage"}, "CLAWSHIELD_PUBLIC_KEY", "no PEM"),
+        (
+            {"OPENEXEC_MODE": "clawshield"},
+            "CLAWSHIELD_PUBLIC_KEY",
+            "CLAWSHIELD_PUBLIC_KEY not configured",
+        ),
+        (
+            {"OPENEXEC_MODE": "clawshield", "CLAWSHIELD_PUBLIC_KEY": "garbage"},
+            "CLAWSHIELD_PUBLIC_KEY",
+            "no PEM",
+        ),
         (
             {"CLAWSHIELD_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"},
             "CLAWSHIELD_PUBLIC_KEY",
@@ -107,8 +117,12 @@ def start_main(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", "import main"],
         cwd=ROOT,
-        env={**clean, "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
-             "OPENEXEC_FILES_ROOT": str(tmp_path / "files"), **env},
+        env={
+            **clean,
+            "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+            "OPENEXEC_FILES_ROOT": str(tmp_path / "files"),
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -122,7 +136,10 @@ def start_main(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
         ({"OPENEXEC_ALLOWED_ACTIONS": "ehco"}, "OPENEXEC_ALLOWED_ACTIONS: entry 'ehco' matches no"),
         ({"OPENEXEC_PLUGINS": "openexec-nothing"}, "OPENEXEC_PLUGINS: plugin(s) not installed"),
         ({"OPENEXEC_RECEIPT_KEY": "/nonexistent/key.pem"}, "OPENEXEC_RECEIPT_KEY: cannot read"),
-        ({"OPENEXEC_DB_URL": "postgresql://u:hunter2@127.0.0.1:1/x"}, "OPENEXEC_DB_URL: cannot open"),
+        (
+            {"OPENEXEC_DB_URL": "postgresql://u:hunter2@127.0.0.1:1/x"},
+            "OPENEXEC_DB_URL: cannot open",
+        ),
     ],
 )
 def test_startup_failure_is_one_clear_line(tmp_path, env, message):

@@ -6,7 +6,9 @@ import openexec_echo
 def test_echo_returns_the_payload(openexec_client):
     client = openexec_client(openexec_echo)
     payload = {"msg": "hello", "nested": {"list": [1, 2.5, True, None]}, "text": "héllo"}
-    body = client.post("/execute", json={"action": "echo", "payload": payload, "nonce": "e-1"}).json()
+    body = client.post(
+        "/execute", json={"action": "echo", "payload": payload, "nonce": "e-1"}
+    ).json()
     assert body["status"] == "succeeded"
     assert body["result"] == {"echo": payload}
 
@@ -28,7 +30,9 @@ def test_add_rejects_non_numbers_before_running(openexec_client):
         assert response.status_code == 422
         assert response.json()["code"] == "payload_invalid"
     # the refused requests consumed nothing: the nonce is still free
-    ok = client.post("/execute", json={"action": "add", "payload": {"a": 1, "b": 1}, "nonce": "bad"})
+    ok = client.post(
+        "/execute", json={"action": "add", "payload": {"a": 1, "b": 1}, "nonce": "bad"}
+    )
     assert ok.json()["result"] == {"sum": 2}
 
 
