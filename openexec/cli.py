@@ -1,0 +1,277 @@
+"""The ``openexec`` command: keys, approvals, what would load, and offline receipt checks.
+
+    openexec keygen --out approver.pem
+    openexec approve --key approver.pem --action echo --payload '{"msg": "hi"}' --nonce n-1
+    openexec actions [--json]
+    openexec plugins [--json]
+    openexec receipts verify receipt.json --public-key receipt-key.pub [--result '{...}']
+
+Exit status: 0 success; 1 the receipt is not valid (``receipts verify`` only); 2 anything
+the caller must fix: bad arguments, unreadable or invalid input, a key file that already
+exists, invalid configuration or a plugin that fails to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from openexec.approvals import mint_v1, mint_v2
+from openexec.plugins import PluginError, Registry, load_registry
+from openexec.receipts import NO_RESULT, verify_envelope
+from openexec.settings import ConfigError, Settings, parse_public_keys
+from openexec.signing import key_id
+
+NONCE = re.compile(r"^[\x21-\x7e]{1,255}$")  # SPEC 3: printable ASCII, no whitespace
+
+
+class CliError(Exception):
+    """A problem the caller must fix; reported on stderr with exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CliError as exc:
+        print(f"openexec: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openexec", description="Governed, deterministic execution service tools."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keygen = commands.add_parser("keygen", help="create an Ed25519 key pair")
+    keygen.add_argument(
+        "--out", required=True, help="private key path (PEM, mode 0600); public key goes to OUT.pub"
+    )
+    keygen.set_defaults(run=_keygen)
+
+    approve = commands.add_parser("approve", help="mint a signed approval artifact")
+    approve.add_argument("--key", required=True, help="approver private key (PEM)")
+    approve.add_argument("--action", required=True, help="action name, e.g. files.read")
+    payload = approve.add_mutually_exclusive_group()
+    payload.add_argument("--payload", help="payload as a JSON object (default {})")
+    payload.add_argument("--payload-file", help="file holding the JSON payload ('-': stdin)")
+    approve.add_argument("--format", choices=("v1", "v2"), default="v2", help="default: v2")
+    approve.add_argument("--tenant", help="tenant the approval is for")
+    approve.add_argument("--ttl", type=int, default=300, help="seconds until it expires")
+    approve.add_argument("--nonce", help="v2: only this request nonce may use it")
+    approve.add_argument("--aud", help="v2: only the service with this OPENEXEC_SERVICE_ID")
+    approve.set_defaults(run=_approve)
+
+    for name, run, what in (
+        ("actions", _actions, "the actions this installation would allow"),
+        ("plugins", _plugins, "the plugins this installation would load"),
+    ):
+        listing = commands.add_parser(name, help=f"list {what} under the current environment")
+        listing.add_argument("--json", action="store_true", help="machine-readable output")
+        listing.set_defaults(run=run)
+
+    receipts = commands.add_parser("receipts", help="work with execution receipts")
+    receipt_commands = receipts.add_subparsers(dest="receipts_command", required=True)
+    verify = receipt_commands.add_parser("verify", help="check a receipt envelope offline")
+    verify.add_argument("envelope", metavar="ENVELOPE_FILE", help="receipt envelope (JSON)")
+    verify.add_argument("--public-key", required=True, help="receipt public key(s) (PEM)")
+    result = verify.add_mutually_exclusive_group()
+    result.add_argument("--result", help="the execution's result as JSON, to check its hash")
+    result.add_argument("--result-file", help="file holding the result JSON ('-': stdin)")
+    verify.set_defaults(run=_verify_receipt)
+    return parser
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    private_path = Path(args.out)
+    public_path = Path(f"{args.out}.pub")
+    for path in (private_path, public_path):
+        if path.exists() or path.is_symlink():
+            raise CliError(f"{path} already exists; refusing to overwrite it")
+    key = Ed25519PrivateKey.generate()
+    _write_new_file(
+        private_path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), 0o600
+    )
+    public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    try:
+        _write_new_file(public_path, public_pem, 0o644)
+    except CliError:
+        private_path.unlink()  # never leave half a key pair behind
+        raise
+    print(f"wrote {private_path} (private, mode 0600) and {public_path}", file=sys.stderr)
+    print(key_id(key.public_key()))
+    return 0
+
+
+def _write_new_file(path: Path, content: bytes, mode: int) -> None:
+    """Create ``path`` with exactly ``mode``; O_EXCL refuses existing files and symlinks."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as exc:
+        raise CliError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # the umask may have narrowed it
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        path.unlink()
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _approve(args: argparse.Namespace) -> int:
+    if args.ttl <= 0:
+        raise CliError("--ttl must be a positive number of seconds")
+    if args.nonce is not None and not NONCE.match(args.nonce):
+        raise CliError("--nonce must be 1-255 printable ASCII characters without whitespace")
+    for option, value in (("--tenant", args.tenant), ("--aud", args.aud)):
+        if value == "":
+            raise CliError(f"{option} must not be empty; leave it out instead")
+    key = _read_private_key(Path(args.key))
+    if args.payload_file is not None:
+        payload = _parse_json(_read_text(args.payload_file), "--payload-file")
+    else:
+        payload = _parse_json("{}" if args.payload is None else args.payload, "--payload")
+    if not isinstance(payload, dict):
+        raise CliError("the payload must be a JSON object")
+    if args.format == "v1":
+        if args.nonce is not None or args.aud is not None:
+            raise CliError("--nonce and --aud need --format v2 (v1 artifacts cannot bind them)")
+        artifact = mint_v1(key, args.action, payload, tenant_id=args.tenant or "", ttl_s=args.ttl)
+    else:
+        artifact = mint_v2(
+            key,
+            args.action,
+            payload,
+            tenant_id=args.tenant,
+            ttl_s=args.ttl,
+            nonce=args.nonce,
+            aud=args.aud,
+        )
+    print(json.dumps(artifact, indent=2))
+    return 0
+
+
+def _actions(args: argparse.Namespace) -> int:
+    allowed = _load_registry().allowed_actions()
+    if args.json:
+        listing = [
+            {
+                "name": action.name,
+                "description": action.description,
+                "plugin": action.plugin_name,
+                "plugin_version": action.plugin_version,
+                "input_schema": action.input_schema,
+            }
+            for action in allowed
+        ]
+        print(json.dumps(listing, indent=2))
+        return 0
+    if not allowed:
+        print("no actions allowed", file=sys.stderr)
+    for action in allowed:
+        plugin = f"{action.plugin_name} {action.plugin_version}"
+        print(f"{action.name:<24} {plugin:<28} {action.description}")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    plugins = _load_registry().plugins
+    if args.json:
+        listing = [
+            {"name": plugin.name, "version": plugin.version, "actions": list(plugin.actions)}
+            for plugin in plugins
+        ]
+        print(json.dumps(listing, indent=2))
+        return 0
+    if not plugins:
+        print("no plugins loaded", file=sys.stderr)
+    for plugin in plugins:
+        print(f"{plugin.name} {plugin.version}: {', '.join(plugin.actions) or '(no actions)'}")
+    return 0
+
+
+def _load_registry() -> Registry:
+    """What the service would load at startup under the current environment."""
+    try:
+        return load_registry(Settings.from_env())
+    except (ConfigError, PluginError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _verify_receipt(args: argparse.Namespace) -> int:
+    envelope = _parse_json(_read_text(args.envelope), args.envelope)
+    try:
+        keys = parse_public_keys(_read_text(args.public_key), variable="--public-key")
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    result = NO_RESULT
+    if args.result_file is not None:
+        result = _parse_json(_read_text(args.result_file), "--result-file")
+    elif args.result is not None:
+        result = _parse_json(args.result, "--result")
+    verdict = verify_envelope(envelope, keys, result=result)
+    if verdict.valid:
+        print(f"valid {verdict.exec_id} {verdict.status}")
+        return 0
+    print(f"invalid: {verdict.reason}")
+    return 1
+
+
+def _read_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CliError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise CliError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _read_text(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {name}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{name} is not UTF-8 text") from None
+
+
+def _parse_json(text: str, source: str) -> Any:
+    """Strict JSON: no NaN or Infinity, no duplicate keys (which copy would be approved?)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise CliError(f"{source} is not valid JSON: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate object key")
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
