@@ -1,0 +1,353 @@
+"""The seven file actions; results are deterministic: no timestamps, no inode numbers, sorted."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import heapq
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from openexec import Action, ActionError, Context
+from openexec_files.atomic import publish, rename_noreplace
+from openexec_files.errors import fs_error, kind
+from openexec_files.models import (
+    DeleteInput,
+    ListInput,
+    MkdirInput,
+    MoveInput,
+    ReadInput,
+    StatInput,
+    WriteInput,
+)
+from openexec_files.paths import ROOT, split
+from openexec_files.resolve import (
+    DIR_MODE,
+    check_addressable,
+    check_file,
+    check_single_link,
+    locked,
+    lstat_at,
+    open_dir,
+    open_file,
+    open_subdir,
+    read_bounded,
+)
+
+FILE_MODE = 0o600
+MAX_DELETE_DEPTH = 128  # each level holds a descriptor open while recursive delete descends
+
+Result = dict[str, Any]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _shown(prefix: str, name: str) -> str:
+    """A path for messages; names that are not UTF-8 on disk are shown with replacement marks."""
+    printable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return f"{prefix}/{printable}" if prefix else printable
+
+
+class FilesPack:
+    """File actions confined to ``root``; every call opens the root afresh and walks down by fd."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+
+    def actions(self) -> list[Action]:
+        return [
+            Action(
+                "files.read",
+                self.read_file,
+                ReadInput,
+                "Read a regular file below the files root as UTF-8 text or base64.",
+            ),
+            Action(
+                "files.write",
+                self.write_file,
+                WriteInput,
+                "Atomically create, overwrite or append to a file; optional compare-and-swap.",
+            ),
+            Action(
+                "files.list",
+                self.list_dir,
+                ListInput,
+                "List a directory, optionally recursively, sorted by path; never follows links.",
+            ),
+            Action(
+                "files.stat",
+                self.stat_path,
+                StatInput,
+                "Say whether a path exists, its type and size, and a file's SHA-256.",
+            ),
+            Action(
+                "files.delete",
+                self.delete_path,
+                DeleteInput,
+                "Delete a file, an empty directory, or with recursive a whole directory tree.",
+            ),
+            Action(
+                "files.mkdir",
+                self.make_dir,
+                MkdirInput,
+                "Create a directory (mode 0700), optionally with its missing parents.",
+            ),
+            Action(
+                "files.move",
+                self.move_path,
+                MoveInput,
+                "Rename a file or directory within the files root; never replaces unless asked.",
+            ),
+        ]
+
+    def _too_large(self, path: str) -> ActionError:
+        return ActionError("too_large", f"{path}: would be larger than {self.max_bytes} bytes")
+
+    def read_file(self, payload: ReadInput, ctx: Context) -> Result:
+        parents, name = split(payload.path)
+        with (
+            open_dir(self.root, parents) as dir_fd,
+            open_file(dir_fd, name, payload.path) as (fd, st),
+        ):
+            if st.st_size > self.max_bytes:
+                raise self._too_large(payload.path)
+            data = read_bounded(fd, self.max_bytes, payload.path)
+        if payload.encoding == "base64":
+            content = base64.b64encode(data).decode("ascii")
+        else:
+            try:
+                content = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ActionError(
+                    "not_utf8", f"{payload.path}: is not UTF-8 text; read it with encoding base64"
+                ) from None
+        return {
+            "path": payload.path,
+            "encoding": payload.encoding,
+            "content": content,
+            "size": len(data),
+            "sha256": sha256_hex(data),
+        }
+
+    def write_file(self, payload: WriteInput, ctx: Context) -> Result:
+        path = payload.path
+        data = payload.data()
+        if len(data) > self.max_bytes:
+            raise self._too_large(path)
+        parents, name = split(path)
+        with open_dir(self.root, parents, create=payload.parents) as dir_fd, locked(dir_fd):
+            current = lstat_at(dir_fd, name, path)
+            if current is None:
+                if payload.if_sha256 is not None:
+                    raise ActionError("precondition_failed", f"{path}: does not exist")
+                # Only overwrite may replace a file that appears meanwhile; create and append
+                # must not clobber content they never saw.
+                replace = payload.mode == "overwrite"
+                publish(dir_fd, name, data, replace=replace, perm=FILE_MODE, shown=path)
+                return {
+                    "path": path,
+                    "size": len(data),
+                    "sha256": sha256_hex(data),
+                    "created": True,
+                }
+            check_addressable(current, path)
+            if payload.mode == "create":
+                raise ActionError("exists", f"{path}: already exists (use mode overwrite)")
+            check_file(current, path)
+            check_single_link(current, path)
+            if payload.mode == "append" or payload.if_sha256 is not None:
+                with open_file(dir_fd, name, path) as (fd, _):
+                    old = read_bounded(fd, self.max_bytes, path)
+                if payload.if_sha256 is not None and sha256_hex(old) != payload.if_sha256:
+                    raise ActionError("precondition_failed", f"{path}: content has changed")
+                if payload.mode == "append":
+                    data = old + data
+            if len(data) > self.max_bytes:
+                raise self._too_large(path)
+            perm = current.st_mode & 0o777  # keep the replaced file's permission bits
+            publish(dir_fd, name, data, replace=True, perm=perm, shown=path)
+        return {"path": path, "size": len(data), "sha256": sha256_hex(data), "created": False}
+
+    def list_dir(self, payload: ListInput, ctx: Context) -> Result:
+        """Entries come off a heap keyed by path: a directory's children all sort after it, so
+        popping yields the global path order lazily and truncation keeps the first entries."""
+        parts = [] if payload.path == ROOT else payload.path.split("/")
+        heap: list[tuple[str, str, int | None]] = []
+        with open_dir(self.root, parts) as fd:
+            _scan(fd, "/".join(parts), heap)
+        entries: list[Result] = []
+        truncated = False
+        while heap:
+            if len(entries) == payload.max_entries:
+                truncated = True
+                break
+            path, entry_type, size = heapq.heappop(heap)
+            entries.append({"path": path, "type": entry_type, "size": size})
+            if payload.recursive and entry_type == "directory":
+                with open_dir(self.root, path.split("/")) as fd:
+                    _scan(fd, path, heap)
+        return {"path": payload.path, "entries": entries, "truncated": truncated}
+
+    def stat_path(self, payload: StatInput, ctx: Context) -> Result:
+        path = payload.path
+        missing = {"path": path, "exists": False, "type": None, "size": None, "sha256": None}
+        parents, name = split(path)
+        try:
+            with open_dir(self.root, parents) as dir_fd:
+                st = lstat_at(dir_fd, name, path)
+                if st is None:
+                    return missing
+                check_addressable(st, path)
+                if stat.S_ISDIR(st.st_mode):
+                    return {**missing, "exists": True, "type": "directory"}
+                digest = None
+                # The hash needs the content: withheld where read would refuse it.
+                if st.st_nlink == 1 and st.st_size <= self.max_bytes:
+                    with open_file(dir_fd, name, path) as (fd, _):
+                        digest = sha256_hex(read_bounded(fd, self.max_bytes, path))
+        except ActionError as err:
+            if err.code == "not_found":  # a missing parent, or the entry vanished meanwhile
+                return missing
+            raise
+        return {"path": path, "exists": True, "type": "file", "size": st.st_size, "sha256": digest}
+
+    def delete_path(self, payload: DeleteInput, ctx: Context) -> Result:
+        path = payload.path
+        parents, name = split(path)
+        with open_dir(self.root, parents) as dir_fd, locked(dir_fd):
+            st = lstat_at(dir_fd, name, path)
+            if st is None:
+                raise ActionError("not_found", f"{path}: does not exist")
+            check_addressable(st, path)
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    if payload.if_sha256 is not None:
+                        raise ActionError("is_a_directory", f"{path}: if_sha256 needs a file")
+                    if payload.recursive:
+                        _empty_tree(dir_fd, name, path)
+                    os.rmdir(name, dir_fd=dir_fd)
+                else:
+                    if payload.if_sha256 is not None:
+                        with open_file(dir_fd, name, path) as (fd, _):
+                            current = sha256_hex(read_bounded(fd, self.max_bytes, path))
+                        if current != payload.if_sha256:
+                            raise ActionError("precondition_failed", f"{path}: content has changed")
+                    os.unlink(name, dir_fd=dir_fd)
+                os.fsync(dir_fd)
+            except OSError as exc:
+                raise fs_error(exc, path) from None
+        return {"path": path, "deleted": True}
+
+    def make_dir(self, payload: MkdirInput, ctx: Context) -> Result:
+        path = payload.path
+        parents, name = split(path)
+        with open_dir(self.root, parents, create=payload.parents) as dir_fd:
+            try:
+                os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
+                os.fsync(dir_fd)
+            except FileExistsError:
+                st = lstat_at(dir_fd, name, path)
+                if st is not None:
+                    check_addressable(st, path)
+                if payload.exist_ok and st is not None and stat.S_ISDIR(st.st_mode):
+                    return {"path": path, "created": False}
+                raise ActionError("exists", f"{path}: already exists") from None
+            except OSError as exc:
+                raise fs_error(exc, path) from None
+        return {"path": path, "created": True}
+
+    def move_path(self, payload: MoveInput, ctx: Context) -> Result:
+        src, dst = payload.src, payload.dst
+        (src_parents, src_name), (dst_parents, dst_name) = split(src), split(dst)
+        with (
+            open_dir(self.root, src_parents) as src_fd,
+            open_dir(self.root, dst_parents) as dst_fd,
+            locked(src_fd, dst_fd),
+        ):
+            st = lstat_at(src_fd, src_name, src)
+            if st is None:
+                raise ActionError("not_found", f"{src}: does not exist")
+            check_addressable(st, src)
+            target = lstat_at(dst_fd, dst_name, dst)
+            if target is not None:
+                check_addressable(target, dst)
+                if not payload.overwrite:
+                    raise ActionError("exists", f"{dst}: already exists (use overwrite)")
+            try:
+                if payload.overwrite:
+                    os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                else:
+                    rename_noreplace(src_fd, src_name, dst_fd, dst_name)
+                os.fsync(dst_fd)
+                os.fsync(src_fd)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    raise ActionError(
+                        "invalid_move", f"{src}: cannot be moved into itself"
+                    ) from None
+                raise fs_error(exc, src if exc.errno == errno.ENOENT else dst) from None
+        return {"src": src, "dst": dst}
+
+
+def _scan(dir_fd: int, prefix: str, heap: list[tuple[str, str, int | None]]) -> None:
+    """Push the entries of ``dir_fd`` as (path, type, size); size only for regular files.
+
+    Names that are not UTF-8 cannot be named in a request or a JSON result, so they are skipped.
+    """
+    try:
+        with os.scandir(dir_fd) as it:
+            for entry in it:
+                try:
+                    entry.name.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing
+                size = st.st_size if stat.S_ISREG(st.st_mode) else None
+                path = f"{prefix}/{entry.name}" if prefix else entry.name
+                heapq.heappush(heap, (path, kind(st.st_mode), size))
+    except OSError as exc:
+        raise fs_error(exc, prefix or ROOT) from None
+
+
+def _empty_tree(parent_fd: int, name: str, shown: str, depth: int = 0) -> None:
+    """Remove everything inside directory ``name``, which stays.
+
+    Links and special files are unlinked as names, never followed; subdirectories are opened
+    with O_NOFOLLOW relative to their parent, and another file system mounted below is refused.
+    """
+    if depth >= MAX_DELETE_DEPTH:
+        raise ActionError("too_deep", f"{shown}: nested deeper than {MAX_DELETE_DEPTH} levels")
+    fd = open_subdir(parent_fd, name, shown)
+    try:
+        device = os.fstat(fd).st_dev
+        try:
+            with os.scandir(fd) as it:
+                names = [entry.name for entry in it]
+        except OSError as exc:
+            raise fs_error(exc, shown) from None
+        for child in names:
+            child_shown = _shown(shown, child)
+            st = lstat_at(fd, child, child_shown)
+            if st is None:
+                continue
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    if st.st_dev != device:
+                        raise ActionError("cross_device", f"{child_shown}: is a mount point")
+                    _empty_tree(fd, child, child_shown, depth + 1)
+                    os.rmdir(child, dir_fd=fd)
+                else:
+                    os.unlink(child, dir_fd=fd)
+            except OSError as exc:
+                raise fs_error(exc, child_shown) from None
+    finally:
+        os.close(fd)
