@@ -26,7 +26,8 @@ from openexec.models import (
     VerifyResponse,
     parse_json,
 )
-from openexec.receipts import NO_RESULT, verify_envelope
+from openexec.receipts import NO_RESULT, public_key_pem, verify_envelope
+from openexec.signing import key_id
 from openexec.store import StoreUnavailable
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -140,8 +141,10 @@ async def execute(request: Request) -> JSONResponse:
 
 @receipts.get("/keys")
 def receipt_keys(request: Request) -> list[ReceiptKey]:
-    signer = engine_of(request).signer
-    return [ReceiptKey(key_id=signer.key_id, public_key_pem=signer.public_key_pem)]
+    return [
+        ReceiptKey(key_id=key_id(key), public_key_pem=public_key_pem(key))
+        for key in engine_of(request).signer.trusted_keys
+    ]
 
 
 @receipts.get("/{exec_id}")
@@ -158,7 +161,7 @@ async def receipt(exec_id: str, request: Request) -> JSONResponse:
 async def verify(request: Request) -> VerifyResponse:
     body = await read_model(request, VerifyRequest)
     engine = engine_of(request)
-    keys = (engine.signer.public_key,)
+    keys = engine.signer.trusted_keys
     given = body.result if "result" in body.model_fields_set else NO_RESULT
     if body.envelope is not None:
         if body.exec_id is not None or body.receipt is not None:

@@ -31,7 +31,7 @@ from openexec.store import Execution, ReservationConflict, Store, StoreUnavailab
 
 log = logging.getLogger("openexec.engine")
 
-RECORD_ATTEMPTS = 5
+RECORD_RETRY_DELAYS_S = (0.1, 0.3, 0.9, 2.7)  # rides out a database restart of a few seconds
 INTERNAL_ERROR_MESSAGE = "The action failed with an internal error; see the service log."
 
 
@@ -354,14 +354,13 @@ class Engine:
 
     async def _record(self, exec_id: str, fields: dict[str, Any]) -> bool | None:
         """Record an outcome, retrying through a brief outage; None if the store stayed down."""
-        delay = 0.05
-        for attempt in range(RECORD_ATTEMPTS):
+        for delay in (*RECORD_RETRY_DELAYS_S, None):
             try:
                 return await to_thread.run_sync(self.store.finish, exec_id, fields)
             except StoreUnavailable as exc:
-                log.warning("recording execution %s failed (attempt %d): %s", exec_id, attempt, exc)
-                await asyncio.sleep(delay)
-                delay *= 4
+                log.warning("recording execution %s failed: %s", exec_id, exc)
+                if delay is not None:
+                    await asyncio.sleep(delay)
         log.error("execution %s: outcome not recorded: %s", exec_id, fields["response"])
         return None
 

@@ -6,7 +6,6 @@ anyone with the public key can check it without asking the service.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -42,15 +41,20 @@ NO_RESULT: Any = object()
 
 
 class ReceiptSigner:
-    """Holds the receipt key, parsed once at startup."""
+    """Holds the receipt key, parsed once at startup, and every receipt key this service trusts:
+    its own first, then the published keys of other instances or earlier rotations."""
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, private_key: Ed25519PrivateKey, published: tuple[Ed25519PublicKey, ...] = ()
+    ) -> None:
         self._private_key = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
-        self.public_key_pem = self.public_key.public_bytes(
-            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        own = self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        others = tuple(
+            k for k in published if k.public_bytes(Encoding.Raw, PublicFormat.Raw) != own
+        )
+        self.trusted_keys: tuple[Ed25519PublicKey, ...] = (self.public_key, *others)
 
     def sign(self, predicate: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Sign a receipt predicate; return the envelope and the payload's SHA-256 (the receipt)."""
@@ -69,20 +73,24 @@ class ReceiptSigner:
         return sign_envelope(self._private_key, RECEIPT_TYPE, body), sha256_hex(body)
 
 
+def public_key_pem(key: Ed25519PublicKey) -> str:
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
 def result_sha256(result: dict[str, Any] | None) -> str | None:
     return None if result is None else sha256_hex(canonical_json(result))
 
 
 def load_receipt_signer(settings: Settings) -> ReceiptSigner:
     """Load the configured receipt key, or create one beside the database on first start."""
-    if settings.receipt_key_path is not None:
-        return ReceiptSigner(_read_private_key(settings.receipt_key_path, "OPENEXEC_RECEIPT_KEY"))
-    sqlite_path = settings.sqlite_path
-    directory = sqlite_path.parent if sqlite_path else Path.cwd()
-    path = directory / DEFAULT_KEY_NAME
-    if not path.exists():
-        _create_key_file(path)
-    return ReceiptSigner(_read_private_key(path, "OPENEXEC_RECEIPT_KEY"))
+    path = settings.receipt_key_path
+    if path is None:
+        sqlite_path = settings.sqlite_path
+        path = (sqlite_path.parent if sqlite_path else Path.cwd()) / DEFAULT_KEY_NAME
+        if not path.exists():
+            _create_key_file(path)
+    private_key = _read_private_key(path, "OPENEXEC_RECEIPT_KEY")
+    return ReceiptSigner(private_key, settings.receipt_public_keys)
 
 
 def private_key_pem(private_key: Ed25519PrivateKey) -> bytes:
@@ -175,8 +183,3 @@ def _result_mismatch(result: Any, expected: str | None) -> str | None:
     if actual != expected:
         return "result does not match the receipt's result_sha256"
     return None
-
-
-def envelope_payload(envelope: dict[str, Any]) -> bytes:
-    """The signed bytes of one of our own envelopes (already trusted: read from the store)."""
-    return base64.b64decode(envelope["payload"])

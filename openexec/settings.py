@@ -36,6 +36,7 @@ class Settings:
     plugins: tuple[str, ...] | None = None
     db_url: str = "sqlite:///openexec.db"
     receipt_key_path: Path | None = None
+    receipt_public_keys: tuple[Ed25519PublicKey, ...] = ()
     service_id: str | None = None
     action_timeout_s: float = 30.0
     clock_skew_s: float = 60.0
@@ -43,6 +44,7 @@ class Settings:
     files_root: Path = Path("openexec-files")
     files_max_bytes: int = 10_485_760
     lease_grace_s: float = 10.0
+    db_pool_size: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,6 +80,7 @@ class Settings:
         env = os.environ if environ is None else environ
         keys_pem = env.get("CLAWSHIELD_PUBLIC_KEY")
         receipt_key = env.get("OPENEXEC_RECEIPT_KEY")
+        receipt_public = env.get("OPENEXEC_RECEIPT_PUBLIC_KEYS")
         return cls(
             mode=env.get("OPENEXEC_MODE", "demo").strip().lower() or "demo",
             clawshield_public_keys=parse_public_keys(keys_pem) if keys_pem else (),
@@ -86,6 +89,11 @@ class Settings:
             plugins=_name_list(env, "OPENEXEC_PLUGINS"),
             db_url=env.get("OPENEXEC_DB_URL") or "sqlite:///openexec.db",
             receipt_key_path=Path(receipt_key) if receipt_key else None,
+            receipt_public_keys=(
+                parse_public_keys(receipt_public, "OPENEXEC_RECEIPT_PUBLIC_KEYS")
+                if receipt_public
+                else ()
+            ),
             service_id=env.get("OPENEXEC_SERVICE_ID") or None,
             action_timeout_s=_positive(env, "OPENEXEC_ACTION_TIMEOUT_S", 30.0, float),
             clock_skew_s=_positive(env, "OPENEXEC_CLOCK_SKEW_S", 60.0, float, allow_zero=True),
@@ -93,6 +101,7 @@ class Settings:
             files_root=Path(env.get("OPENEXEC_FILES_ROOT") or "openexec-files"),
             files_max_bytes=_positive(env, "OPENEXEC_FILES_MAX_BYTES", 10_485_760, int),
             lease_grace_s=_positive(env, "OPENEXEC_LEASE_GRACE_S", 10.0, float),
+            db_pool_size=_positive(env, "OPENEXEC_DB_POOL_SIZE", 8, int),
         )
 
 

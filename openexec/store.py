@@ -3,7 +3,6 @@ a unique ``(tenant, nonce)`` pair and a unique ``approval_id`` make reservation 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +16,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -25,6 +25,7 @@ from sqlmodel import Field, SQLModel
 from openexec.settings import ConfigError, Settings
 
 SCHEMA_VERSION = 1
+SCHEMA_LOCK = 0x6F70656E65786563  # pg_advisory_xact_lock key: "openexec"
 NO_TENANT = ""  # (tenant, nonce) must be unique, and NULLs never collide in a unique index
 
 
@@ -103,7 +104,14 @@ class Store:
             ) from None
 
     def _prepare_once(self) -> None:
+        # Workers and instances starting together must create the schema once, atomically:
+        # an advisory lock on PostgreSQL; on SQLite a write transaction taken up front (pysqlite
+        # would otherwise commit each CREATE TABLE on its own).
         with self.engine.begin() as connection:
+            if self.kind == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             existing = set(self.engine.dialect.get_table_names(connection))
             if "executions" in existing and "openexec_schema" not in existing:
                 raise ConfigError(
@@ -172,10 +180,6 @@ class Store:
         with self._connection() as connection, connection.begin():
             return connection.execute(query).rowcount == 1
 
-    def count(self) -> int:
-        with self._connection() as connection:
-            return len(connection.execute(select(EXECUTIONS.c.id)).all())
-
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -197,8 +201,15 @@ class Store:
 
 def _create_engine(settings: Settings) -> Engine:
     if settings.database_kind == "postgresql":
+        # Each worker process has its own pool: instances x workers x 2 x pool size must stay
+        # below the server's max_connections. pre_ping replaces connections a restart broke.
         return create_engine(
-            settings.db_url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=5
+            settings.db_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+            pool_timeout=10,
+            connect_args={"connect_timeout": 5},
         )
     path = settings.sqlite_path
     if path is not None:
@@ -224,7 +235,3 @@ def _first_line(exc: BaseException) -> str:
     """A short, password-free description of a database error."""
     original = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
-
-
-def now() -> float:
-    return time.time()

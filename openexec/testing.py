@@ -20,14 +20,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from openexec.app import create_app
 from openexec.approvals import mint_v1, mint_v2
 from openexec.plugins import InProcessPlugin
-from openexec.receipts import private_key_pem
+from openexec.receipts import private_key_pem, public_key_pem
 from openexec.settings import Settings
 
 
@@ -82,9 +81,7 @@ class Approver:
     def __init__(self) -> None:
         self.private_key = Ed25519PrivateKey.generate()
         self.public_key = self.private_key.public_key()
-        self.public_key_pem = self.public_key.public_bytes(
-            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        self.public_key_pem = public_key_pem(self.public_key)
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
         """Settings overrides for a clawshield-mode app trusting this approver."""

@@ -11,7 +11,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
 
 OPENEXEC_TEST_PG_URL=$(scripts/postgres.sh)
-export OPENEXEC_TEST_PG_URL
+OPENEXEC_TEST_PG_CLUSTER="15 openexec_test"  # the outage test stops and restarts it
+export OPENEXEC_TEST_PG_URL OPENEXEC_TEST_PG_CLUSTER
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

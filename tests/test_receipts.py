@@ -169,6 +169,21 @@ def test_a_receipt_from_another_service_key_does_not_verify(make_client):
     assert verdict["valid"] is False and "Invalid signature" in verdict["reason"]
 
 
+def test_published_keys_of_other_instances_verify(make_client):
+    """Several instances with their own keys: each publishes and trusts the others' keys."""
+    one = make_client()
+    one_key = one.app.state.engine.signer.public_key
+    two = make_client(receipt_public_keys=(one_key,))
+    listed = two.get("/receipts/keys").json()
+    assert [k["key_id"] for k in listed] == [
+        two.app.state.engine.signer.key_id,
+        one.app.state.engine.signer.key_id,
+    ]
+    response = execute(one, "echo", {}, nonce="published").json()
+    verdict = two.post("/receipts/verify", json={"envelope": response["receipt_envelope"]}).json()
+    assert verdict["valid"] is True
+
+
 def test_receipt_key_is_created_once_with_mode_0600_and_reused(make_client, tmp_path):
     key_path = tmp_path / "keys" / "receipt.pem"
     key_path.parent.mkdir()

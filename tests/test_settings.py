@@ -150,6 +150,22 @@ def test_startup_failure_is_one_clear_line(tmp_path, env, message):
     assert "Traceback" not in finished.stderr and "hunter2" not in finished.stderr
 
 
+def test_wrong_database_password_is_a_clear_error_without_the_password(tmp_path):
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import postgres_admin_url
+
+    url = make_url(postgres_admin_url()).set(password="hunter2-wrong")
+    finished = start_main(tmp_path, OPENEXEC_DB_URL=url.render_as_string(hide_password=False))
+    assert finished.returncode == 1
+    assert (
+        "OPENEXEC_DB_URL: cannot open the database at postgresql+psycopg://postgres:***@"
+        in finished.stderr
+    )
+    assert "password authentication failed" in finished.stderr
+    assert "hunter2" not in finished.stderr
+
+
 def test_main_starts_with_zero_configuration(tmp_path):
     finished = start_main(tmp_path)
     assert finished.returncode == 0, finished.stderr

@@ -1,0 +1,73 @@
+"""Pre-minted request bodies: minting happens before wrk starts, so signing costs the client
+nothing during a measurement and every request carries its own nonce and approval."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from openexec.approvals import mint_v1, mint_v2
+
+APPROVAL_TTL_S = 3 * 3600  # long enough for the slowest --memory run to use its bodies
+FILE_CONTENT = "benchmark line: the quick brown fox jumps over the lazy dog\n" * 2
+
+Request = tuple[str, dict[str, Any]]  # action, payload
+
+
+def echo_request(tag: str) -> Request:
+    return "echo", {"msg": "hello from the benchmark", "ref": tag}
+
+
+def files_write_request(tag: str) -> Request:
+    return "files.write", {"path": f"bench-{tag}.txt", "content": FILE_CONTENT}
+
+
+REQUESTS: dict[str, Callable[[str], Request]] = {
+    "echo": echo_request,
+    "files.write": files_write_request,
+}
+
+
+def body(action: str, payload: dict[str, Any], nonce: str, approval: dict[str, Any] | None) -> str:
+    return json.dumps(
+        {"action": action, "payload": payload, "nonce": nonce, "approval_artifact": approval},
+        separators=(",", ":"),
+    )
+
+
+def mint_bodies(
+    action: str, approval: str | None, count: int, key: Ed25519PrivateKey, prefix: str
+) -> Iterable[str]:
+    """``count`` bodies for ``action``, each with a unique nonce and (``approval`` = ``v1`` or
+    ``v2``) its own single-use approval; ``approval=None`` for demo mode."""
+    make_request = REQUESTS[action]
+    for seq in range(count):
+        tag = f"{prefix}-{seq}"
+        name, payload = make_request(tag)
+        nonce = f"{tag}-{uuid.uuid4().hex[:12]}"
+        if approval == "v1":
+            artifact = mint_v1(key, name, payload, ttl_s=APPROVAL_TTL_S)
+        elif approval == "v2":
+            artifact = mint_v2(key, name, payload, ttl_s=APPROVAL_TTL_S, nonce=nonce)
+        else:
+            artifact = None
+        yield body(name, payload, nonce, artifact)
+
+
+def write_bodies(path: Path, bodies: Iterable[str]) -> int:
+    """Write newline-delimited bodies (the format bench/post.lua reads); return the count."""
+    written = 0
+    with path.open("w") as handle:
+        for line in bodies:
+            handle.write(line + "\n")
+            written += 1
+    return written
+
+
+def nonce_of(line: str) -> str:
+    return json.loads(line)["nonce"]
