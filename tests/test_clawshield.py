@@ -6,7 +6,7 @@ import copy
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 from openexec import engine as engine_module
