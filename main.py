@@ -2,6 +2,8 @@
 
 import sys
 
+from uvicorn.config import STARTUP_FAILURE
+
 from openexec.app import create_app
 from openexec.plugins import PluginError
 from openexec.settings import ConfigError
@@ -10,4 +12,5 @@ try:
     app = create_app()
 except (ConfigError, PluginError) as exc:
     print(f"openexec: startup failed: {exc}", file=sys.stderr)
-    raise SystemExit(1) from None
+    # uvicorn's worker supervisor stops, rather than respawning, on this exit code
+    raise SystemExit(STARTUP_FAILURE) from None

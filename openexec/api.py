@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from openexec.store import StoreUnavailable
 Model = TypeVar("Model", bound=BaseModel)
 
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("openexec.api")
 
 service = APIRouter(tags=["service"])
 execution = APIRouter(tags=["execution"])
@@ -212,6 +214,13 @@ def install_error_handlers(app: FastAPI) -> None:
         codes = {404: "not_found", 405: "method_not_allowed"}
         return problem_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return problem_response(
+            500, "internal_error", "An unexpected error occurred; it is logged."
         )
 
     @app.exception_handler(StoreUnavailable)

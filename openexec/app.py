@@ -33,6 +33,12 @@ def create_app(
     engine = Engine(settings, registry, store, signer)
     if settings.mode == "demo":
         log.warning("demo mode: actions run without approval; set OPENEXEC_MODE=clawshield")
+    if settings.database_kind == "postgresql" and settings.receipt_key_path is None:
+        log.warning(
+            "OPENEXEC_RECEIPT_KEY is unset: this instance signs receipts with its own key; "
+            "other instances sharing the database verify them only if they share the key or "
+            "list it in OPENEXEC_RECEIPT_PUBLIC_KEYS"
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

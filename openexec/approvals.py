@@ -174,8 +174,8 @@ class ApprovalVerifier:
                 raise _malformed(f"The v1 approval field {field!r} must be a string.")
         approval_id = _check_id(artifact["approval_id"], "approval_id")
         tenant_id = artifact["tenant_id"]
-        if len(tenant_id) > MAX_ID_LENGTH:
-            raise _malformed(f"The approval tenant_id is longer than {MAX_ID_LENGTH} characters.")
+        if tenant_id:
+            _check_id(tenant_id, "tenant_id")
         not_before = _parse_iso_time(artifact["issued_at"], "issued_at")
         expires_at = _parse_iso_time(artifact["expires_at"], "expires_at")
         signature = _decode_base64(artifact["signature"])
@@ -371,6 +371,8 @@ def _check_fields(obj: dict, expected: frozenset[str], what: str) -> None:
 def _check_id(value: str, field: str) -> str:
     if not 1 <= len(value) <= MAX_ID_LENGTH:
         raise _malformed(f"The approval {field} must be 1-{MAX_ID_LENGTH} characters.")
+    if not value.isprintable():  # control characters (NUL above all) are no identifier
+        raise _malformed(f"The approval {field} must not contain control characters.")
     return value
 
 
@@ -428,8 +430,8 @@ def _parse_v2_claims(body: bytes) -> dict[str, Any]:
                 f"The v2 approval field {field!r} must be integer Unix seconds up to year 9999."
             )
     _check_id(claims["approval_id"], "approval_id")
-    if claims["tenant_id"] is not None and len(claims["tenant_id"]) > MAX_ID_LENGTH:
-        raise _malformed(f"The approval tenant_id is longer than {MAX_ID_LENGTH} characters.")
+    if claims["tenant_id"] is not None:
+        _check_id(claims["tenant_id"], "tenant_id")
     try:
         canonical = canonical_json(claims)
     except ValueError:

@@ -217,7 +217,12 @@ def _load_registry() -> Registry:
 
 
 def _verify_receipt(args: argparse.Namespace) -> int:
-    envelope = _parse_json(_read_text(args.envelope), args.envelope)
+    text = _read_text(args.envelope)
+    try:
+        envelope = _parse_json(text, args.envelope)
+    except CliError as exc:  # a file that is not even JSON is an invalid receipt, not misuse
+        print(f"invalid: {exc}")
+        return 1
     try:
         keys = parse_public_keys(_read_text(args.public_key), variable="--public-key")
     except ConfigError as exc:

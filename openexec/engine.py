@@ -83,6 +83,10 @@ class Engine:
         self._handler_threads.shutdown(wait=False, cancel_futures=True)
 
     async def execution(self, exec_id: str) -> Execution | None:
+        try:
+            uuid.UUID(exec_id)
+        except ValueError:  # not one of ours; and never send arbitrary bytes to the store
+            return None
         return await self._store(self.store.get, exec_id)
 
     async def unready_reason(self) -> str | None:
@@ -250,13 +254,20 @@ class Engine:
         status, result, error = await self._call_handler(registered, payload, context)
         fields = self._outcome_fields(execution, status, result, error)
         recorded = await self._record(execution.id, fields)
-        if recorded is None:
+        if recorded is None:  # the outcome goes back unsigned: the row will say indeterminate
             raise Problem(
                 503,
                 "storage_unavailable",
                 "The action ran but its outcome could not be recorded; the execution will be "
                 "reported as indeterminate.",
-                extra={"outcome": json.loads(fields["response"])},
+                extra={
+                    "outcome": {
+                        "id": execution.id,
+                        "status": status,
+                        "result": result,
+                        "error": error,
+                    }
+                },
             )
         if not recorded:  # the lease passed and another request marked it indeterminate
             log.error("execution %s finished as %s after its lease expired", execution.id, status)
@@ -267,31 +278,38 @@ class Engine:
     async def _call_handler(
         self, registered: RegisteredAction, payload: Any, context: Context
     ) -> tuple[str, dict[str, Any] | None, dict[str, str] | None]:
+        """Run the handler under its time limit. At the limit the execution is timed_out at
+        once: an async handler is cancelled, a sync one keeps its thread until it returns
+        (threads cannot be killed); either way its late outcome is logged."""
         handler = registered.action.handler
         timeout = self._timeout(registered)
-        try:
-            if _is_async(handler):
-                value = await asyncio.wait_for(handler(payload, context), timeout)
-            else:
-                future = self._handler_threads.submit(handler, payload, context)
-                try:
-                    value = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-                except TimeoutError:
-                    future.add_done_callback(_log_late_outcome(context))
-                    raise
-        except TimeoutError:
+        late: asyncio.Future | Future
+        if _is_async(handler):
+            running = late = asyncio.ensure_future(handler(payload, context))
+        else:
+            late = self._handler_threads.submit(handler, payload, context)
+            running = asyncio.wrap_future(late)
+        done, _ = await asyncio.wait({running}, timeout=timeout)
+        if not done:
+            running.cancel()
+            late.add_done_callback(_log_late_outcome(context))
             message = f"The action did not finish within {timeout:g} seconds."
             return "timed_out", None, {"code": "timed_out", "message": message}
+        try:
+            value = running.result()
         except ActionError as exc:
             return "failed", None, {"code": exc.code, "message": exc.message}
-        except Exception:
+        except BaseException:  # a handler's SystemExit or CancelledError is its own failure
             log.exception("action %s (execution %s) raised", context.action, context.exec_id)
             return "failed", None, {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}
         try:
             return "succeeded", _json_object(value), None
         except (TypeError, ValueError) as exc:
             log.error("action %s (execution %s): %s", context.action, context.exec_id, exc)
-            message = "The action returned a value that is not a JSON object."
+            message = (
+                "The action returned a value that is not a JSON object canonical JSON can "
+                "represent (no NaN, infinities or integers beyond ±2**53)."
+            )
             return "failed", None, {"code": "invalid_result", "message": message}
 
     def _outcome_fields(
@@ -395,11 +413,14 @@ def _json_object(value: Any) -> dict[str, Any]:
 
 
 def _log_late_outcome(context: Context) -> Any:
-    def log_it(future: Future) -> None:
+    def log_it(future: Future | asyncio.Future) -> None:
         if future.cancelled():
             return
         error = future.exception()
-        outcome = f"raised {error!r}" if error else "returned a result"
+        if error is not None:
+            outcome = f"raised {error!r}"
+        else:
+            outcome = f"returned {json.dumps(future.result(), default=repr)[:4000]}"
         log.warning(
             "execution %s (%s) was recorded timed_out; its handler finished later and %s",
             context.exec_id,

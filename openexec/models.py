@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -61,6 +62,8 @@ def _check_bounds(value: Any) -> None:
             _check_text(item)
         elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_SAFE_INTEGER:
             raise BadJson("integers must lie within ±(2**53-1)")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise BadJson("numbers must be finite (1e400 overflows)")
 
 
 def _check_text(text: str) -> None:

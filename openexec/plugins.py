@@ -85,23 +85,27 @@ def load_registry(
     """Build the registry from installed entry points, or only from ``in_process`` plugins."""
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
-    versions: dict[str, str] = {}
+    versions: dict[str, str] = {}  # distribution name -> version
+    owners: dict[str, str] = {}  # registration name -> distribution name
     if in_process is None:
-        for entry_point in _selected_entry_points(settings.plugins):
-            name = entry_point.dist.name
-            _register(manager, _import(entry_point, name), name)
-            versions[name] = entry_point.dist.version
+        for name, entries in _selected_entry_points(settings.plugins).items():
+            versions[name] = entries[0].dist.version
+            for entry_point in entries:  # one distribution may ship several entry points
+                registration = name if len(entries) == 1 else f"{name}:{entry_point.name}"
+                _register(manager, _import(entry_point, name), registration)
+                owners[registration] = name
     else:
         for plugin in in_process:
             _register(manager, plugin.plugin, plugin.name)
             versions[plugin.name] = plugin.version
+            owners[plugin.name] = plugin.name
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(
             f"plugin {manager.get_name(exc.plugin)!r} implements a hook that does not exist: {exc}"
         ) from None
-    actions = _collect_actions(manager, settings, versions)
+    actions = _collect_actions(manager, settings, versions, owners)
     allowed = _apply_allow_list(actions, settings.allowed_actions)
     plugins = tuple(
         PluginInfo(
@@ -118,23 +122,25 @@ def load_registry(
     )
 
 
-def _selected_entry_points(wanted: tuple[str, ...] | None) -> list[EntryPoint]:
+def _selected_entry_points(wanted: tuple[str, ...] | None) -> dict[str, list[EntryPoint]]:
     """Choose entry points by distribution name before importing any of them."""
-    installed: dict[str, EntryPoint] = {}
+    installed: dict[str, list[EntryPoint]] = {}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.dist is None:
             continue
-        installed.setdefault(normalise(entry_point.dist.name), entry_point)
+        installed.setdefault(normalise(entry_point.dist.name), []).append(entry_point)
     if wanted is None:
-        return [installed[key] for key in sorted(installed)]
-    missing = [name for name in wanted if normalise(name) not in installed]
-    if missing:
-        raise ConfigError(
-            "OPENEXEC_PLUGINS",
-            f"plugin(s) not installed: {', '.join(missing)} "
-            f"(installed: {', '.join(sorted(installed)) or 'none'})",
-        )
-    return [installed[key] for key in sorted({normalise(name) for name in wanted})]
+        chosen = sorted(installed)
+    else:
+        missing = [name for name in wanted if normalise(name) not in installed]
+        if missing:
+            raise ConfigError(
+                "OPENEXEC_PLUGINS",
+                f"plugin(s) not installed: {', '.join(missing)} "
+                f"(installed: {', '.join(sorted(installed)) or 'none'})",
+            )
+        chosen = sorted({normalise(name) for name in wanted})
+    return {installed[key][0].dist.name: installed[key] for key in chosen}
 
 
 def _import(entry_point: EntryPoint, name: str) -> object:
@@ -152,12 +158,15 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str) -> None:
 
 
 def _collect_actions(
-    manager: pluggy.PluginManager, settings: Settings, versions: dict[str, str]
+    manager: pluggy.PluginManager,
+    settings: Settings,
+    versions: dict[str, str],
+    owners: dict[str, str],
 ) -> dict[str, RegisteredAction]:
     """Call each plugin's hook separately, so every action is attributed to its plugin."""
     actions: dict[str, RegisteredAction] = {}
     for impl in manager.hook.register_actions.get_hookimpls():
-        name = impl.plugin_name
+        name = owners[impl.plugin_name]
         arguments = {"settings": settings} if "settings" in impl.argnames else {}
         try:
             provided = impl.function(**arguments)

@@ -174,11 +174,11 @@ def _result_mismatch(result: Any, expected: str | None) -> str | None:
     if isinstance(result, str):
         try:
             result = json.loads(result)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "result is not valid JSON"
     try:
         actual = result_sha256(result)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return "result cannot be canonicalised as JSON"
     if actual != expected:
         return "result does not match the receipt's result_sha256"

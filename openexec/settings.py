@@ -136,6 +136,12 @@ def normalise_db_url(url: str) -> str:
     except ArgumentError:
         raise ConfigError("OPENEXEC_DB_URL", "is not a valid database URL") from None
     backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(
+            "OPENEXEC_DB_URL",
+            "an in-memory SQLite database would forget every execution; name a file "
+            "(sqlite:///openexec.db)",
+        )
     if backend in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend != "sqlite":

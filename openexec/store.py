@@ -3,6 +3,8 @@ a unique ``(tenant, nonce)`` pair and a unique ``approval_id`` make reservation 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +21,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
 from openexec.settings import ConfigError, Settings
@@ -193,7 +195,7 @@ class Store:
         try:
             with self.engine.connect() as connection:
                 yield connection
-        except IntegrityError:
+        except (IntegrityError, DataError):  # the database refused a value: not an outage
             raise
         except SQLAlchemyError as exc:
             raise StoreUnavailable(_first_line(exc)) from exc
@@ -212,8 +214,10 @@ def _create_engine(settings: Settings) -> Engine:
             connect_args={"connect_timeout": 5},
         )
     path = settings.sqlite_path
-    if path is not None:
+    if path is not None:  # created private: it holds every payload and result
         path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     engine = create_engine(
         settings.db_url, connect_args={"timeout": 30, "check_same_thread": False}
     )

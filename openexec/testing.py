@@ -16,18 +16,20 @@ from contextlib import ExitStack
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from openexec.app import create_app
 from openexec.approvals import mint_v1, mint_v2
 from openexec.plugins import InProcessPlugin
 from openexec.receipts import private_key_pem, public_key_pem
 from openexec.settings import Settings
+
+if TYPE_CHECKING:  # imported when used: it needs httpx2, which only test installs have
+    from fastapi.testclient import TestClient
 
 
 def in_process(plugin: ModuleType | InProcessPlugin) -> InProcessPlugin:
@@ -65,6 +67,8 @@ def openexec_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
         count = 0
 
         def build(*plugins: ModuleType | InProcessPlugin, **overrides: Any) -> TestClient:
+            from fastapi.testclient import TestClient
+
             nonlocal count
             count += 1
             directory = tmp_path / f"openexec-{count}"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import journal, stored_rows
+from tests.conftest import execute, journal, stored_rows
 
 JSON = {"content-type": "application/json"}
 
@@ -60,6 +60,8 @@ def test_body_just_under_the_limit_is_accepted(make_client):
         ('{"action":"echo","payload":{"x":1,"x":2},"nonce":"n"}', "duplicate key"),
         ('{"action":"echo","payload":{"x":9007199254740992},"nonce":"n"}', "2**53"),
         ('{"action":"echo","payload":{"x":"\\ud800"},"nonce":"n"}', "surrogate"),
+        ('{"action":"echo","payload":{"x":1e400},"nonce":"n"}', "finite"),
+        ('{"action":"echo","payload":{"x":[-1e999]},"nonce":"n"}', "finite"),
         ('{"action":"echo","payload":{"\\udfff":1},"nonce":"n"}', "surrogate"),
     ],
 )
@@ -162,6 +164,20 @@ def test_unknown_routes_and_methods_are_problem_json(client):
     assert_problem(client.get("/nowhere"), 404, "not_found")
     assert_problem(client.get("/execute"), 405, "method_not_allowed")
     assert_problem(client.get("/receipts/not-an-execution"), 404, "receipt_not_found")
+    assert_problem(client.get("/receipts/a%00b"), 404, "receipt_not_found")
+    assert_problem(client.get("/receipts/" + "9" * 5000), 404, "receipt_not_found")
+
+
+def test_hostile_verify_inputs_are_answered_not_crashed(client):
+    done = execute(client, "echo", {"x": 1}, nonce="v").json()
+    deep = "[" * 5000 + "]" * 5000
+    for request in [
+        {"exec_id": done["id"], "receipt": done["receipt"], "result": deep},
+        {"envelope": done["receipt_envelope"], "result": deep},
+        {"exec_id": "a\u0000b", "receipt": done["receipt"], "result": None},
+    ]:
+        response = client.post("/receipts/verify", json=request)
+        assert response.status_code == 200 and response.json()["valid"] is False
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,19 @@ def test_malformed_artifacts_are_refused(shield, artifact):
     refused(run(shield, "echo", {}, "mal", artifact), "approval_malformed")
 
 
+def test_control_characters_in_approval_ids_are_malformed(shield, approver):
+    for fields in ({"approval_id": "a\x00b"}, {"tenant_id": "acme\x00"}, {"approval_id": "a\nb"}):
+        refused(
+            run(shield, "echo", {}, "ctl-v1", approver.v1("echo", {}, **fields)),
+            "approval_malformed",
+        )
+        refused(
+            run(shield, "echo", {}, "ctl-v2", approver.v2("echo", {}, **fields)),
+            "approval_malformed",
+        )
+    assert stored_rows(shield) == []
+
+
 def test_key_rotation_accepts_any_configured_key(make_client):
     old, new = Approver(), Approver()
     client = make_client(mode="clawshield", clawshield_public_keys=(old.public_key, new.public_key))

@@ -409,7 +409,6 @@ def test_receipt_verify_accepts_rotated_key_files(
     ("envelope", "key", "extra", "message"),
     [
         ("missing.json", "key.pub", [], "cannot read"),
-        ("garbage.json", "key.pub", [], "not valid JSON"),
         ("receipt.json", "missing.pub", [], "cannot read"),
         ("receipt.json", "garbage.json", [], "--public-key"),
         ("receipt.json", "key.pub", ["--result", "{bad"], "not valid JSON"),
@@ -427,6 +426,16 @@ def test_receipt_verify_usage_errors_exit_2(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_receipt_file_that_is_not_json_is_invalid(tmp_path: Path) -> None:
+    (tmp_path / "garbage.json").write_text("not json at all")
+    (tmp_path / "key.pub").write_bytes(
+        RECEIPT_KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    result = verify(tmp_path, tmp_path / "garbage.json", tmp_path / "key.pub")
+    assert result.returncode == 1
+    assert result.stdout.startswith("invalid: ") and "not valid JSON" in result.stdout
 
 
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:

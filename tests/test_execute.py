@@ -103,8 +103,31 @@ def test_sync_handler_over_its_time_limit_is_timed_out_and_late_outcome_logged(c
     deadline = time.monotonic() + 5
     while "finished later" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "was recorded timed_out; its handler finished later" in caplog.text
+    assert (
+        'was recorded timed_out; its handler finished later and returned {"slept": 1.5}'
+        in caplog.text
+    )
     assert stored_rows(client)[0]["status"] == "timed_out"
+
+
+@pytest.mark.parametrize("action", ["probe.exit", "probe.cancel_itself"])
+def test_base_exceptions_from_handlers_are_recorded_failures(client, action):
+    response = execute(client, action, nonce="base-exception")
+    assert response.status_code == 200
+    assert response.json()["status"] == "failed"
+    assert response.json()["error"]["code"] == "internal_error"
+    assert stored_rows(client)[0]["status"] == "failed"
+
+
+def test_async_handler_ignoring_cancellation_is_still_timed_out(client, caplog):
+    started = time.monotonic()
+    body = execute(client, "probe.stubborn", {"seconds": 1.0}, nonce="stubborn").json()
+    assert time.monotonic() - started < 0.9  # answered at the 0.3 s limit
+    assert body["status"] == "timed_out"
+    deadline = time.monotonic() + 5
+    while "finished later" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 'finished later and returned {"stubborn": true}' in caplog.text
 
 
 def test_async_handler_over_its_time_limit_is_cancelled(client):

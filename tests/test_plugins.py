@@ -24,13 +24,18 @@ class FakeDistributions:
         monkeypatch.syspath_prepend(str(root))
         self._monkeypatch = monkeypatch
 
-    def add(self, dist: str, module: str, source: str, version: str = "1.2.3") -> None:
+    def add(self, dist: str, module: str, source: str, version: str = "1.2.3", **more: str) -> None:
+        """Install ``module`` as distribution ``dist``; ``more`` adds further modules, each with
+        its own entry point in the same distribution."""
         info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(f"[openexec]\n{module} = {module}\n")
-        (self.root / f"{module}.py").write_text(source)
-        self._monkeypatch.delitem(sys.modules, module, raising=False)
+        modules = {module: source, **more}
+        lines = "".join(f"{name} = {name}\n" for name in modules)
+        (info / "entry_points.txt").write_text(f"[openexec]\n{lines}")
+        for name, text in modules.items():
+            (self.root / f"{name}.py").write_text(text)
+            self._monkeypatch.delitem(sys.modules, name, raising=False)
 
 
 GOOD_PACK = textwrap.dedent("""
@@ -80,6 +85,19 @@ def test_plugin_selection_happens_before_import(dists, tmp_path):
     everything = load_registry(Settings())  # unset: every installed pack
     assert everything.actions["unwanted.run"].plugin_version == "1.2.3"
     assert (tmp_path / "site" / "unwanted_pack.imported").exists()
+
+
+def test_every_entry_point_of_a_distribution_is_loaded(dists):
+    dists.add(
+        "two-ep-pack",
+        "two_first",
+        GOOD_PACK.replace("{name}", "two.a"),
+        two_second=GOOD_PACK.replace("{name}", "two.b"),
+    )
+    registry = load_registry(Settings(plugins=("two-ep-pack",), allowed_actions=("two.b",)))
+    assert set(registry.actions) == {"two.a", "two.b"} and registry.allowed == {"two.b"}
+    assert {a.plugin_name for a in registry.actions.values()} == {"two-ep-pack"}
+    assert [(p.name, p.actions) for p in registry.plugins] == [("two-ep-pack", ("two.a", "two.b"))]
 
 
 def test_plugin_names_are_matched_normalised(dists):

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from uvicorn.config import STARTUP_FAILURE
 
 from openexec.settings import ConfigError, Settings
 
@@ -89,6 +90,8 @@ def test_settings_are_immutable():
         ({"OPENEXEC_MAX_REQUEST_BYTES": "1.5"}, "OPENEXEC_MAX_REQUEST_BYTES", "must be a number"),
         ({"OPENEXEC_DB_URL": "mysql://u:hunter2@h/db"}, "OPENEXEC_DB_URL", "unsupported database"),
         ({"OPENEXEC_DB_URL": "::nonsense::"}, "OPENEXEC_DB_URL", "not a valid database URL"),
+        ({"OPENEXEC_DB_URL": "sqlite://"}, "OPENEXEC_DB_URL", "in-memory SQLite"),
+        ({"OPENEXEC_DB_URL": "sqlite:///:memory:"}, "OPENEXEC_DB_URL", "in-memory SQLite"),
     ],
 )
 def test_invalid_configuration_names_the_variable(env, variable, fragment):
@@ -144,7 +147,7 @@ def start_main(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 )
 def test_startup_failure_is_one_clear_line(tmp_path, env, message):
     finished = start_main(tmp_path, **env)
-    assert finished.returncode == 1
+    assert finished.returncode == STARTUP_FAILURE
     lines = finished.stderr.strip().splitlines()
     assert lines[-1].startswith("openexec: startup failed: ") and message in lines[-1]
     assert "Traceback" not in finished.stderr and "hunter2" not in finished.stderr
@@ -157,7 +160,7 @@ def test_wrong_database_password_is_a_clear_error_without_the_password(tmp_path)
 
     url = make_url(postgres_admin_url()).set(password="hunter2-wrong")
     finished = start_main(tmp_path, OPENEXEC_DB_URL=url.render_as_string(hide_password=False))
-    assert finished.returncode == 1
+    assert finished.returncode == STARTUP_FAILURE
     assert (
         "OPENEXEC_DB_URL: cannot open the database at postgresql+psycopg://postgres:***@"
         in finished.stderr
@@ -166,7 +169,36 @@ def test_wrong_database_password_is_a_clear_error_without_the_password(tmp_path)
     assert "hunter2" not in finished.stderr
 
 
+def test_bad_configuration_stops_a_multi_worker_server(tmp_path):
+    """uvicorn respawns dying workers, except on its startup-failure exit code."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENEXEC_", "CLAWSHIELD_"))}
+    finished = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "main:app", "--workers", "2", "--port", "0"],
+        cwd=ROOT,
+        env={
+            **clean,
+            "OPENEXEC_MODE": "bogus",
+            "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        "openexec: startup failed: OPENEXEC_MODE: must be 'demo' or 'clawshield'" in finished.stderr
+    )
+    assert "stopping the parent process" in finished.stderr
+
+
+def test_the_pytest_plugin_loads_without_test_dependencies():
+    """openexec.testing is registered for every pytest run where openexec is installed: it must
+    not need the test client's HTTP library until a test asks for a client."""
+    code = "import sys, openexec.testing; assert 'fastapi.testclient' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_main_starts_with_zero_configuration(tmp_path):
     finished = start_main(tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert "demo mode" in finished.stderr
+    assert (tmp_path / "db.sqlite").stat().st_mode & 0o777 == 0o600  # it holds every payload

@@ -80,6 +80,20 @@ def register_actions(settings: Settings) -> list[Action]:
         await asyncio.sleep(payload.seconds)
         return {"slept": payload.seconds}
 
+    def exit_process(payload: Empty, ctx: Context) -> dict[str, Any]:
+        raise SystemExit(3)
+
+    async def cancel_itself(payload: Empty, ctx: Context) -> dict[str, Any]:
+        raise asyncio.CancelledError
+
+    async def stubborn(payload: Seconds, ctx: Context) -> dict[str, Any]:
+        """Ignores cancellation: the time limit must hold anyway."""
+        try:
+            await asyncio.sleep(payload.seconds)
+        except asyncio.CancelledError:
+            await asyncio.sleep(payload.seconds)
+        return {"stubborn": True}
+
     async def context(payload: Empty, ctx: Context) -> dict[str, Any]:
         return {
             "exec_id": ctx.exec_id,
@@ -100,4 +114,7 @@ def register_actions(settings: Settings) -> list[Action]:
         Action("probe.sleep_sync", sleep_sync, Seconds, "Sleep (sync).", timeout_s=0.5),
         Action("probe.sleep_async", sleep_async, Seconds, "Sleep (async).", timeout_s=0.5),
         Action("probe.context", context, Empty, "Return the context."),
+        Action("probe.exit", exit_process, Empty, "Raise SystemExit."),
+        Action("probe.cancel_itself", cancel_itself, Empty, "Raise CancelledError."),
+        Action("probe.stubborn", stubborn, Seconds, "Ignore cancellation.", timeout_s=0.3),
     ]
