@@ -320,6 +320,13 @@ def print_targets(outcomes: dict[Scenario, Outcome]) -> None:
     if v1 and v1_2w:
         gain = v1_2w.result.rps / v1.result.rps
         print(f"  2 workers raise v1 echo throughput:             {gain:.2f}x  {verdict(gain > 1)}")
+    ceiling_2w = outcomes.get(CEILING_2W)
+    if ceiling and ceiling_2w:
+        ratio = ceiling_2w.result.rps / ceiling.result.rps
+        print(
+            f"  (the 2-worker ceiling runs at {ratio:.2f}x the 1-worker one: with --workers N"
+            " uvicorn leaves TCP_NODELAY off; see bench/README.md)"
+        )
 
 
 def run_table(bench: Bench) -> None:
@@ -330,8 +337,7 @@ def run_table(bench: Bench) -> None:
             continue
         outcome = run_scenario(bench, scenario)
         outcomes[scenario] = outcome
-        ceiling = Scenario(CEILING.label, app=CEILING_APP, workers=scenario.workers)
-        print(row(outcome, None if scenario.is_ceiling else outcomes.get(ceiling)), flush=True)
+        print(row(outcome, None if scenario == CEILING else outcomes[CEILING]), flush=True)
     print_targets(outcomes)
 
 
