@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -136,9 +136,9 @@ def actions(request: Request) -> list[ActionSummary]:
     openapi_extra=body_schema(ExecuteRequest),
     responses={403: {}, 404: {}, 409: {}, 413: {}, 422: {}, 503: {}},
 )
-async def execute(request: Request) -> JSONResponse:
+async def execute(request: Request) -> Response:
     body = await read_model(request, ExecuteRequest)
-    return JSONResponse(await engine_of(request).execute(body))
+    return Response(await engine_of(request).execute(body), media_type="application/json")
 
 
 @receipts.get("/keys")
@@ -154,9 +154,9 @@ async def receipt(exec_id: str, request: Request) -> JSONResponse:
     execution = await engine_of(request).execution(exec_id)
     if execution is None:
         raise Problem(404, "receipt_not_found", f"No execution with id {exec_id!r}.")
-    if execution.receipt_envelope is None:
+    if execution["receipt_envelope"] is None:
         raise Problem(404, "receipt_pending", "The execution is still running; no receipt yet.")
-    return JSONResponse(json.loads(execution.receipt_envelope))
+    return JSONResponse(json.loads(execution["receipt_envelope"]))
 
 
 @receipts.post("/verify", openapi_extra=body_schema(VerifyRequest))
@@ -178,9 +178,9 @@ async def verify(request: Request) -> VerifyResponse:
     if body.exec_id is None or body.receipt is None or given is NO_RESULT:
         raise Problem(422, "invalid_request", "Send exec_id, receipt and result, or an envelope.")
     execution = await engine.execution(body.exec_id)
-    if execution is None or execution.receipt_envelope is None:
+    if execution is None or execution["receipt_envelope"] is None:
         return VerifyResponse(valid=False, reason="no finished execution with that exec_id")
-    verdict = verify_envelope(json.loads(execution.receipt_envelope), keys, given)
+    verdict = verify_envelope(json.loads(execution["receipt_envelope"]), keys, given)
     if verdict.valid and verdict.receipt != body.receipt.lower():
         return VerifyResponse(valid=False, reason="receipt does not match the stored receipt")
     return VerifyResponse(valid=verdict.valid, reason=verdict.reason)

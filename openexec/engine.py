@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +25,15 @@ from openexec.actions import ActionError, Context
 from openexec.approvals import Approval, ApprovalError, ApprovalVerifier
 from openexec.models import ExecuteRequest
 from openexec.plugins import RegisteredAction, Registry
-from openexec.receipts import ReceiptSigner, result_sha256
+from openexec.receipts import ReceiptSigner
 from openexec.settings import Settings
-from openexec.signing import canonical_json, request_sha256
-from openexec.store import Execution, ReservationConflict, Store, StoreUnavailable
+from openexec.signing import canonical_json, request_sha256, sha256_hex
+from openexec.store import Store, StoredExecution, StoreUnavailable
 
 log = logging.getLogger("openexec.engine")
 
 RECORD_RETRY_DELAYS_S = (0.1, 0.3, 0.9, 2.7)  # rides out a database restart of a few seconds
+STORE_DOWN = "The store is unavailable; nothing was executed."
 INTERNAL_ERROR_MESSAGE = "The action failed with an internal error; see the service log."
 
 
@@ -82,12 +84,12 @@ class Engine:
     def close(self) -> None:
         self._handler_threads.shutdown(wait=False, cancel_futures=True)
 
-    async def execution(self, exec_id: str) -> Execution | None:
+    async def execution(self, exec_id: str) -> StoredExecution | None:
         try:
             uuid.UUID(exec_id)
         except ValueError:  # not one of ours; and never send arbitrary bytes to the store
             return None
-        return await self._store(self.store.get, exec_id)
+        return await self._read(self.store.get, exec_id)
 
     async def unready_reason(self) -> str | None:
         """Why the service cannot take executions now, or None when the store answers."""
@@ -97,25 +99,26 @@ class Engine:
             return f"store unavailable: {exc}"
         return None
 
-    async def execute(self, request: ExecuteRequest) -> dict[str, Any]:
+    async def execute(self, request: ExecuteRequest) -> str:
+        """Run or replay a request; returns the response as JSON text."""
         registered = self._lookup(request.action)
         approval = self._verify_approval(request)
         tenant = approval.tenant_id if approval else None
         request_hash = request_sha256(request.action, request.payload)
+        approval_id = approval.approval_id if approval else None
         for _ in range(3):  # a lost reservation race goes back to the lookup (step 3)
-            existing = await self._store(self.store.find, tenant, request.nonce)
+            existing, approval_used = await self._read(
+                self.store.lookup, tenant, request.nonce, approval_id
+            )
             if existing is not None:
                 return await self._answer_existing(existing, request_hash, approval)
             if approval is not None:
-                await self._check_approval_usable(approval)
+                self._check_approval_usable(approval, approval_used)
             payload = self._validate_payload(registered, request.payload)
             execution = self._new_execution(request, registered, approval, request_hash)
-            try:
-                await self._store(self.store.reserve, execution)
-            except ReservationConflict:
-                continue
-            # Once reserved, the outcome is recorded even if the client goes away.
-            return await asyncio.shield(self._run(execution, registered, payload))
+            if await self._write(self.store.reserve(execution)):
+                # Once reserved, the outcome is recorded even if the client goes away.
+                return await asyncio.shield(self._run(execution, registered, payload))
         raise Problem(503, "storage_unavailable", "The store did not settle a reservation race.")
 
     # Steps 1–2: what is asked, and whether it is approved.
@@ -147,15 +150,15 @@ class Engine:
     # Step 3: a nonce seen before.
 
     async def _answer_existing(
-        self, existing: Execution, request_hash: str, approval: Approval | None
-    ) -> dict[str, Any]:
-        same_approval = approval is None or existing.approval_sha256 == approval.sha256
-        if existing.request_sha256 != request_hash or not same_approval:
+        self, existing: StoredExecution, request_hash: str, approval: Approval | None
+    ) -> str:
+        same_approval = approval is None or existing["approval_sha256"] == approval.sha256
+        if existing["request_sha256"] != request_hash or not same_approval:
             raise Problem(
                 422, "nonce_reused", "This nonce was already used for a different request."
             )
-        if existing.status == "running":
-            remaining = existing.lease_expires_at - time.time()
+        if existing["status"] == "running":
+            remaining = existing["lease_expires_at"] - time.time()
             if remaining > 0:
                 raise Problem(
                     409,
@@ -164,33 +167,32 @@ class Engine:
                     headers={"Retry-After": str(max(1, int(remaining + 0.999)))},
                 )
             existing = await self._expire(existing)
-        return {**json.loads(existing.response), "replayed": True}
+        return with_replayed(existing["response"], True)
 
-    async def _expire(self, execution: Execution) -> Execution:
+    async def _expire(self, execution: StoredExecution) -> StoredExecution:
         """The process that reserved this row died: say so with a receipt, never run it again."""
         fields = self._outcome_fields(
             execution,
-            "indeterminate",
-            None,
-            {
-                "code": "indeterminate",
-                "message": "The execution's lease expired before its outcome was recorded; "
+            Outcome.failure(
+                "indeterminate",
+                "indeterminate",
+                "The execution's lease expired before its outcome was recorded; "
                 "it may or may not have taken effect. It will not be run again.",
-            },
+            ),
         )
-        await self._store(self.store.expire, execution.id, time.time(), fields)
-        current = await self._store(self.store.get, execution.id)
-        assert current is not None and current.response is not None
+        await self._write(self.store.expire(execution["id"], time.time(), fields))
+        current = await self._read(self.store.get, execution["id"])
+        assert current is not None and current["response"] is not None
         return current
 
     # Steps 4–6: approval window and single use, payload, reservation.
 
-    async def _check_approval_usable(self, approval: Approval) -> None:
+    def _check_approval_usable(self, approval: Approval, used: bool) -> None:
         try:
             self.verifier.check_window(approval, utc_now())
         except ApprovalError as exc:
             raise Problem(403, exc.code, exc.detail) from None
-        if await self._store(self.store.approval_used, approval.approval_id):
+        if used:
             raise Problem(
                 403, "approval_already_used", "This approval already backed another execution."
             )
@@ -212,27 +214,27 @@ class Engine:
         registered: RegisteredAction,
         approval: Approval | None,
         request_hash: str,
-    ) -> Execution:
+    ) -> StoredExecution:
         started = utc_now()
         timeout = self._timeout(registered)
-        return Execution(
-            id=str(uuid.uuid4()),
-            tenant=(approval.tenant_id if approval else None) or "",
-            nonce=request.nonce,
-            action=registered.name,
-            plugin_name=registered.plugin_name,
-            plugin_version=registered.plugin_version,
-            mode=self.settings.mode,
-            request_sha256=request_hash,
-            payload=json.dumps(request.payload, ensure_ascii=False),
-            approval_id=approval.approval_id if approval else None,
-            approval_format=approval.format if approval else None,
-            approval_sha256=approval.sha256 if approval else None,
-            approval_key_id=approval.key_id if approval else None,
-            status="running",
-            started_at=rfc3339(started),
-            lease_expires_at=started.timestamp() + timeout + self.settings.lease_grace_s,
-        )
+        return {
+            "id": str(uuid.uuid4()),
+            "tenant": (approval.tenant_id if approval else None) or "",
+            "nonce": request.nonce,
+            "action": registered.name,
+            "plugin_name": registered.plugin_name,
+            "plugin_version": registered.plugin_version,
+            "mode": self.settings.mode,
+            "request_sha256": request_hash,
+            "payload": json.dumps(request.payload, ensure_ascii=False),
+            "approval_id": approval.approval_id if approval else None,
+            "approval_format": approval.format if approval else None,
+            "approval_sha256": approval.sha256 if approval else None,
+            "approval_key_id": approval.key_id if approval else None,
+            "status": "running",
+            "started_at": rfc3339(started),
+            "lease_expires_at": started.timestamp() + timeout + self.settings.lease_grace_s,
+        }
 
     def _timeout(self, registered: RegisteredAction) -> float:
         return registered.action.timeout_s or self.settings.action_timeout_s
@@ -240,44 +242,41 @@ class Engine:
     # Steps 7–8: run under the time limit, record, sign.
 
     async def _run(
-        self, execution: Execution, registered: RegisteredAction, payload: Any
-    ) -> dict[str, Any]:
+        self, execution: StoredExecution, registered: RegisteredAction, payload: Any
+    ) -> str:
         context = Context(
-            exec_id=execution.id,
-            nonce=execution.nonce,
-            tenant_id=execution.tenant or None,
-            action=execution.action,
-            mode=execution.mode,
-            started_at=datetime.fromisoformat(execution.started_at),
-            logger=logging.getLogger(f"openexec.action.{execution.action}"),
+            exec_id=execution["id"],
+            nonce=execution["nonce"],
+            tenant_id=execution["tenant"] or None,
+            action=execution["action"],
+            mode=execution["mode"],
+            started_at=datetime.fromisoformat(execution["started_at"]),
+            logger=logging.getLogger(f"openexec.action.{execution['action']}"),
         )
-        status, result, error = await self._call_handler(registered, payload, context)
-        fields = self._outcome_fields(execution, status, result, error)
-        recorded = await self._record(execution.id, fields)
+        outcome = await self._call_handler(registered, payload, context)
+        fields = self._outcome_fields(execution, outcome)
+        recorded = await self._record(execution["id"], fields)
         if recorded is None:  # the outcome goes back unsigned: the row will say indeterminate
             raise Problem(
                 503,
                 "storage_unavailable",
                 "The action ran but its outcome could not be recorded; the execution will be "
                 "reported as indeterminate.",
-                extra={
-                    "outcome": {
-                        "id": execution.id,
-                        "status": status,
-                        "result": result,
-                        "error": error,
-                    }
-                },
+                extra={"outcome": {"id": execution["id"], **outcome.public()}},
             )
         if not recorded:  # the lease passed and another request marked it indeterminate
-            log.error("execution %s finished as %s after its lease expired", execution.id, status)
-            current = await self._store(self.store.get, execution.id)
-            return json.loads(current.response)
-        return json.loads(fields["response"])
+            log.error(
+                "execution %s finished as %s after its lease expired; recorded: indeterminate",
+                execution["id"],
+                outcome.status,
+            )
+            current = await self._read(self.store.get, execution["id"])
+            return with_replayed(current["response"], False)
+        return with_replayed(fields["response"], False)
 
     async def _call_handler(
         self, registered: RegisteredAction, payload: Any, context: Context
-    ) -> tuple[str, dict[str, Any] | None, dict[str, str] | None]:
+    ) -> Outcome:
         """Run the handler under its time limit. At the limit the execution is timed_out at
         once: an async handler is cancelled, a sync one keeps its thread until it returns
         (threads cannot be killed); either way its late outcome is logged."""
@@ -294,87 +293,81 @@ class Engine:
             running.cancel()
             late.add_done_callback(_log_late_outcome(context))
             message = f"The action did not finish within {timeout:g} seconds."
-            return "timed_out", None, {"code": "timed_out", "message": message}
+            return Outcome.failure("timed_out", "timed_out", message)
         try:
             value = running.result()
         except ActionError as exc:
-            return "failed", None, {"code": exc.code, "message": exc.message}
+            return Outcome.failure("failed", exc.code, exc.message)
         except BaseException:  # a handler's SystemExit or CancelledError is its own failure
             log.exception("action %s (execution %s) raised", context.action, context.exec_id)
-            return "failed", None, {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}
+            return Outcome.failure("failed", "internal_error", INTERNAL_ERROR_MESSAGE)
         try:
-            return "succeeded", _json_object(value), None
+            return Outcome.success(value)
         except (TypeError, ValueError) as exc:
             log.error("action %s (execution %s): %s", context.action, context.exec_id, exc)
             message = (
                 "The action returned a value that is not a JSON object canonical JSON can "
                 "represent (no NaN, infinities or integers beyond ±2**53)."
             )
-            return "failed", None, {"code": "invalid_result", "message": message}
+            return Outcome.failure("failed", "invalid_result", message)
 
-    def _outcome_fields(
-        self,
-        execution: Execution,
-        status: str,
-        result: dict[str, Any] | None,
-        error: dict[str, str] | None,
-    ) -> dict[str, Any]:
+    def _outcome_fields(self, execution: StoredExecution, outcome: Outcome) -> dict[str, Any]:
+        """The columns that record an outcome, the signed receipt and the response among them."""
         completed_at = rfc3339(utc_now())
         approval = None
-        if execution.approval_id is not None:
+        if execution["approval_id"] is not None:
             approval = {
-                "id": execution.approval_id,
-                "format": execution.approval_format,
-                "sha256": execution.approval_sha256,
-                "key_id": execution.approval_key_id,
+                "id": execution["approval_id"],
+                "format": execution["approval_format"],
+                "sha256": execution["approval_sha256"],
+                "key_id": execution["approval_key_id"],
             }
         predicate = {
-            "exec_id": execution.id,
-            "tenant_id": execution.tenant or None,
-            "nonce": execution.nonce,
-            "action": execution.action,
-            "plugin": {"name": execution.plugin_name, "version": execution.plugin_version},
-            "mode": execution.mode,
+            "exec_id": execution["id"],
+            "tenant_id": execution["tenant"] or None,
+            "nonce": execution["nonce"],
+            "action": execution["action"],
+            "plugin": {"name": execution["plugin_name"], "version": execution["plugin_version"]},
+            "mode": execution["mode"],
             "approval": approval,
-            "request_sha256": execution.request_sha256,
-            "status": status,
-            "result_sha256": result_sha256(result),
-            "error": error,
-            "started_at": execution.started_at,
+            "request_sha256": execution["request_sha256"],
+            "status": outcome.status,
+            "result_sha256": outcome.result_sha256,
+            "error": outcome.error,
+            "started_at": execution["started_at"],
             "completed_at": completed_at,
             "service": {"name": "openexec", "version": __version__},
         }
         envelope, receipt = self.signer.sign(predicate)
-        response = {
-            "id": execution.id,
-            "action": execution.action,
-            "result": result,
+        response = {  # stored without "replayed", which each answer adds (with_replayed)
+            "id": execution["id"],
+            "action": execution["action"],
+            "result": outcome.result,
             "approved": True,
             "receipt": receipt,
-            "status": status,
-            "error": error,
-            "replayed": False,
-            "nonce": execution.nonce,
-            "tenant_id": execution.tenant or None,
-            "request_sha256": execution.request_sha256,
+            "status": outcome.status,
+            "error": outcome.error,
+            "nonce": execution["nonce"],
+            "tenant_id": execution["tenant"] or None,
+            "request_sha256": execution["request_sha256"],
             "receipt_envelope": envelope,
         }
         return {
-            "status": status,
-            "result": None if result is None else json.dumps(result, ensure_ascii=False),
-            "error_code": error["code"] if error else None,
-            "error_message": error["message"] if error else None,
+            "status": outcome.status,
+            "result": outcome.result_json,
+            "error_code": outcome.error["code"] if outcome.error else None,
+            "error_message": outcome.error["message"] if outcome.error else None,
             "completed_at": completed_at,
             "receipt": receipt,
-            "receipt_envelope": json.dumps(envelope),
-            "response": json.dumps(response, ensure_ascii=False),
+            "receipt_envelope": json.dumps(envelope, separators=(",", ":")),
+            "response": json.dumps(response, ensure_ascii=False, separators=(",", ":")),
         }
 
     async def _record(self, exec_id: str, fields: dict[str, Any]) -> bool | None:
         """Record an outcome, retrying through a brief outage; None if the store stayed down."""
         for delay in (*RECORD_RETRY_DELAYS_S, None):
             try:
-                return await to_thread.run_sync(self.store.finish, exec_id, fields)
+                return bool(await asyncio.wrap_future(self.store.finish(exec_id, fields)))
             except StoreUnavailable as exc:
                 log.warning("recording execution %s failed: %s", exec_id, exc)
                 if delay is not None:
@@ -382,13 +375,17 @@ class Engine:
         log.error("execution %s: outcome not recorded: %s", exec_id, fields["response"])
         return None
 
-    async def _store(self, method: Any, *args: Any) -> Any:
+    async def _read(self, method: Any, *args: Any) -> Any:
         try:
             return await to_thread.run_sync(method, *args)
         except StoreUnavailable:
-            raise Problem(
-                503, "storage_unavailable", "The store is unavailable; nothing was executed."
-            ) from None
+            raise Problem(503, "storage_unavailable", STORE_DOWN) from None
+
+    async def _write(self, pending: Future[int]) -> int:
+        try:
+            return await asyncio.wrap_future(pending)
+        except StoreUnavailable:
+            raise Problem(503, "storage_unavailable", STORE_DOWN) from None
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -405,11 +402,41 @@ def _is_async(handler: Any) -> bool:
     )
 
 
-def _json_object(value: Any) -> dict[str, Any]:
-    """Handlers must return a JSON object; anything else is the handler's failure, not ours."""
-    if not isinstance(value, dict):
-        raise TypeError(f"handler returned {type(value).__name__}, not a JSON object")
-    return json.loads(canonical_json(value))
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended. A result is kept as its canonical JSON, which is both what is stored
+    and what ``result_sha256`` hashes."""
+
+    status: str
+    result_json: str | None = None
+    error: dict[str, str] | None = None
+
+    @classmethod
+    def success(cls, value: Any) -> Outcome:
+        """Handlers must return a JSON object; anything else is the handler's failure."""
+        if not isinstance(value, dict):
+            raise TypeError(f"handler returned {type(value).__name__}, not a JSON object")
+        return cls("succeeded", canonical_json(value).decode())
+
+    @classmethod
+    def failure(cls, status: str, code: str, message: str) -> Outcome:
+        return cls(status, None, {"code": code, "message": message})
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return None if self.result_json is None else json.loads(self.result_json)
+
+    @property
+    def result_sha256(self) -> str | None:
+        return None if self.result_json is None else sha256_hex(self.result_json.encode())
+
+    def public(self) -> dict[str, Any]:
+        return {"status": self.status, "result": self.result, "error": self.error}
+
+
+def with_replayed(response_json: str, replayed: bool) -> str:
+    """A stored response (a JSON object without "replayed") with the replay flag added."""
+    return '{"replayed":' + ("true" if replayed else "false") + "," + response_json[1:]
 
 
 def _log_late_outcome(context: Context) -> Any:

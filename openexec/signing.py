@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from typing import Any
 
 import rfc8785
@@ -12,10 +13,47 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+MAX_SAFE_INTEGER = 2**53 - 1
+FIRST_ASTRAL = "\U00010000"
+
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) canonical JSON bytes."""
+    """RFC 8785 (JCS) canonical JSON bytes.
+
+    For values without floats whose keys lie in the Basic Multilingual Plane, JCS is exactly
+    what the json module writes with sorted keys, compact separators and no ASCII escaping
+    (the same escapes; code point order equals UTF-16 order there), and that is many times
+    faster. Everything else goes to rfc8785; tests hold the two to the same bytes.
+    """
+    if _json_module_is_jcs(value):
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        try:
+            return text.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: not representable, as in rfc8785
+            raise ValueError("input contains non-UTF-8 codepoints") from exc
     return rfc8785.dumps(value)
+
+
+def _json_module_is_jcs(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) or item is None or item is True or item is False:
+            continue
+        if type(item) is int:
+            if -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                continue
+            return False
+        if type(item) is dict:
+            for key in item:
+                if type(key) is not str or (key and max(key) >= FIRST_ASTRAL):
+                    return False
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+        else:  # floats, and anything rfc8785 should judge
+            return False
+    return True
 
 
 def sha256_hex(data: bytes) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,14 +17,20 @@ from sqlalchemy import (
     Engine,
     String,
     UniqueConstraint,
+    and_,
+    bindparam,
     create_engine,
     event,
     insert,
+    or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.sql import Executable
 from sqlmodel import Field, SQLModel
 
 from openexec.settings import ConfigError, Settings
@@ -71,23 +80,41 @@ class SchemaInfo(SQLModel, table=True):
 
 
 EXECUTIONS = Execution.__table__
+StoredExecution = dict[str, Any]  # one executions row, keyed by column name
+
+# Statements are built once and executed with parameters, so SQLAlchemy compiles each once.
+LOOKUP = select(EXECUTIONS).where(
+    or_(
+        and_(EXECUTIONS.c.tenant == bindparam("tenant"), EXECUTIONS.c.nonce == bindparam("nonce")),
+        EXECUTIONS.c.approval_id == bindparam("approval_id"),
+    )
+)
+GET = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("exec_id"))
+# Executed with the columns to set as parameters (SQLAlchemy derives SET from them).
+FINISH = update(EXECUTIONS).where(
+    EXECUTIONS.c.id == bindparam("target_id"), EXECUTIONS.c.status == "running"
+)
+EXPIRE = FINISH.where(EXECUTIONS.c.lease_expires_at < bindparam("now"))
 
 
 class StoreUnavailable(Exception):
     """The database did not answer; nothing that depended on it happened."""
 
 
-class ReservationConflict(Exception):
-    """The nonce or the approval was taken by a concurrent reservation."""
-
-
 class Store:
-    """The only code that talks to the database."""
+    """The only code that talks to the database.
+
+    Reads run in the caller's thread. Writes go to one writer thread per process, which
+    commits whatever is queued in a single transaction: one durable commit serves many
+    executions, and the process's threads never contend for the database's write lock.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.kind = settings.database_kind
         self.engine = _create_engine(settings)
         self._safe_url = settings.safe_db_url
+        self._writer = GroupCommitWriter(self.engine, begin_immediately=self.kind == "sqlite")
+        self._insert = _insert_if_absent(self.kind)
 
     def prepare(self) -> None:
         """Create the schema on a new database; refuse one whose schema version differs."""
@@ -136,59 +163,41 @@ class Store:
         with self._connection() as connection:
             connection.execute(select(1))
 
-    def find(self, tenant: str | None, nonce: str) -> Execution | None:
-        query = select(EXECUTIONS).where(
-            EXECUTIONS.c.tenant == (tenant or NO_TENANT), EXECUTIONS.c.nonce == nonce
-        )
-        return self._one(query)
-
-    def get(self, exec_id: str) -> Execution | None:
-        return self._one(select(EXECUTIONS).where(EXECUTIONS.c.id == exec_id))
-
-    def approval_used(self, approval_id: str) -> bool:
-        query = select(EXECUTIONS.c.id).where(EXECUTIONS.c.approval_id == approval_id)
+    def lookup(
+        self, tenant: str | None, nonce: str, approval_id: str | None
+    ) -> tuple[StoredExecution | None, bool]:
+        """The row holding this nonce, if any, and whether the approval already backed one:
+        steps 3 and 4 of an execution in one query."""
+        tenant = tenant or NO_TENANT
+        params = {"tenant": tenant, "nonce": nonce, "approval_id": approval_id}
         with self._connection() as connection:
-            return connection.execute(query).first() is not None
+            rows = [row._asdict() for row in connection.execute(LOOKUP, params)]
+        holder = next((r for r in rows if r["tenant"] == tenant and r["nonce"] == nonce), None)
+        used = approval_id is not None and any(r["approval_id"] == approval_id for r in rows)
+        return holder, used
 
-    def reserve(self, execution: Execution) -> None:
-        """Insert the running row; a unique-constraint violation means someone else won."""
-        try:
-            with self._connection() as connection, connection.begin():
-                connection.execute(insert(EXECUTIONS).values(**execution.model_dump()))
-        except IntegrityError:
-            raise ReservationConflict from None
+    def get(self, exec_id: str) -> StoredExecution | None:
+        with self._connection() as connection:
+            row = connection.execute(GET, {"exec_id": exec_id}).first()
+        return None if row is None else row._asdict()
 
-    def finish(self, exec_id: str, fields: dict[str, Any]) -> bool:
-        """Record an outcome, only while the row is still running; False if it no longer was."""
-        query = (
-            update(EXECUTIONS)
-            .where(EXECUTIONS.c.id == exec_id, EXECUTIONS.c.status == "running")
-            .values(**fields)
-        )
-        with self._connection() as connection, connection.begin():
-            return connection.execute(query).rowcount == 1
+    def reserve(self, row: StoredExecution) -> Future[int]:
+        """Insert the running row: resolves to 1, or to 0 when a unique constraint (nonce or
+        approval) already holds a row, decided by the database."""
+        return self._writer.submit(self._insert, row)
 
-    def expire(self, exec_id: str, now: float, fields: dict[str, Any]) -> bool:
-        """Mark a running row whose lease has passed; False if it finished or was marked first."""
-        query = (
-            update(EXECUTIONS)
-            .where(
-                EXECUTIONS.c.id == exec_id,
-                EXECUTIONS.c.status == "running",
-                EXECUTIONS.c.lease_expires_at < now,
-            )
-            .values(**fields)
-        )
-        with self._connection() as connection, connection.begin():
-            return connection.execute(query).rowcount == 1
+    def finish(self, exec_id: str, fields: dict[str, Any]) -> Future[int]:
+        """Record an outcome while the row is still running: resolves to 1, or 0 if it no
+        longer was."""
+        return self._writer.submit(FINISH, {"target_id": exec_id, **fields})
+
+    def expire(self, exec_id: str, now: float, fields: dict[str, Any]) -> Future[int]:
+        """Settle a running row whose lease has passed: 1, or 0 if it finished or was settled."""
+        return self._writer.submit(EXPIRE, {"target_id": exec_id, "now": now, **fields})
 
     def dispose(self) -> None:
+        self._writer.close()
         self.engine.dispose()
-
-    def _one(self, query: Any) -> Execution | None:
-        with self._connection() as connection:
-            row = connection.execute(query).first()
-        return None if row is None else Execution(**row._mapping)
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -199,6 +208,86 @@ class Store:
             raise
         except SQLAlchemyError as exc:
             raise StoreUnavailable(_first_line(exc)) from exc
+
+
+_Write = tuple[Executable, dict[str, Any], Future[int]]
+
+
+class GroupCommitWriter:
+    """Applies writes in one thread, committing everything queued together (group commit).
+
+    Each write resolves its future with its row count once the commit is durable, or with
+    StoreUnavailable when the database did not take it (then nothing of it happened).
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, engine: Engine, begin_immediately: bool) -> None:
+        self._engine = engine
+        self._begin_immediately = begin_immediately  # SQLite: take the write lock up front
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, statement: Executable, params: dict[str, Any]) -> Future[int]:
+        future: Future[int] = Future()
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="openexec-store-writer", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put((statement, params, future))
+        return future
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._apply(batch)
+                    return
+                batch.append(item)
+            self._apply(batch)
+
+    def _apply(self, batch: list[_Write]) -> None:
+        try:
+            with self._engine.connect() as connection:
+                if self._begin_immediately:
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                counts = [_affected(connection.execute(sql, params)) for sql, params, _ in batch]
+                connection.commit()
+        except SQLAlchemyError as exc:
+            if len(batch) > 1:  # apply them one by one, so one bad write fails only itself
+                for write in batch:
+                    self._apply([write])
+                return
+            refused = isinstance(exc, IntegrityError | DataError)  # a value, not an outage
+            batch[0][2].set_exception(exc if refused else StoreUnavailable(_first_line(exc)))
+            return
+        for (_, _, future), count in zip(batch, counts, strict=True):
+            future.set_result(count)
+
+
+def _insert_if_absent(kind: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: a taken nonce or approval inserts (and
+    returns) nothing. RETURNING, because drivers differ in the rowcount they report here."""
+    dialect_insert = postgresql_insert if kind == "postgresql" else sqlite_insert
+    return dialect_insert(EXECUTIONS).on_conflict_do_nothing().returning(EXECUTIONS.c.id)
+
+
+def _affected(result: Any) -> int:
+    return len(result.all()) if result.returns_rows else result.rowcount
 
 
 def _create_engine(settings: Settings) -> Engine:

@@ -178,21 +178,24 @@ def test_expired_lease_is_recorded_indeterminate_and_never_rerun(client):
     engine = client.app.state.engine
     payload = {"note": "lost"}
     request_hash = sha256_hex(canonical_json({"action": "probe.bump", "payload": payload}))
-    engine.store.reserve(
-        Execution(
-            id="dead-worker-exec",
-            tenant="",
-            nonce="orphan",
-            action="probe.bump",
-            plugin_name="probe-pack",
-            plugin_version="1.0",
-            mode="demo",
-            request_sha256=request_hash,
-            payload='{"note": "lost"}',
-            status="running",
-            started_at="2026-01-01T00:00:00.000000Z",
-            lease_expires_at=time.time() - 1,
-        )
+    assert (
+        engine.store.reserve(
+            Execution(
+                id="dead-worker-exec",
+                tenant="",
+                nonce="orphan",
+                action="probe.bump",
+                plugin_name="probe-pack",
+                plugin_version="1.0",
+                mode="demo",
+                request_sha256=request_hash,
+                payload='{"note": "lost"}',
+                status="running",
+                started_at="2026-01-01T00:00:00.000000Z",
+                lease_expires_at=time.time() - 1,
+            ).model_dump()
+        ).result()
+        == 1
     )
     response = execute(client, "probe.bump", payload, nonce="orphan")
     assert response.status_code == 200
@@ -209,21 +212,24 @@ def test_expired_lease_is_recorded_indeterminate_and_never_rerun(client):
 def test_unexpired_lease_of_another_process_is_in_progress(client):
     engine = client.app.state.engine
     request_hash = sha256_hex(canonical_json({"action": "echo", "payload": {}}))
-    engine.store.reserve(
-        Execution(
-            id="live-exec",
-            tenant="",
-            nonce="live",
-            action="echo",
-            plugin_name="openexec-echo",
-            plugin_version="0.1.0",
-            mode="demo",
-            request_sha256=request_hash,
-            payload="{}",
-            status="running",
-            started_at="2026-01-01T00:00:00.000000Z",
-            lease_expires_at=time.time() + 60,
-        )
+    assert (
+        engine.store.reserve(
+            Execution(
+                id="live-exec",
+                tenant="",
+                nonce="live",
+                action="echo",
+                plugin_name="openexec-echo",
+                plugin_version="0.1.0",
+                mode="demo",
+                request_sha256=request_hash,
+                payload="{}",
+                status="running",
+                started_at="2026-01-01T00:00:00.000000Z",
+                lease_expires_at=time.time() + 60,
+            ).model_dump()
+        ).result()
+        == 1
     )
     response = execute(client, "echo", {}, nonce="live")
     assert response.status_code == 409
