@@ -18,18 +18,17 @@ from openexec import __version__
 from openexec.engine import Engine, Problem, validation_errors
 from openexec.models import (
     ActionSummary,
-    BadJson,
     ExecuteRequest,
     ExecuteResponse,
     PluginSummary,
     ReceiptKey,
     VerifyRequest,
     VerifyResponse,
-    parse_json,
 )
 from openexec.receipts import NO_RESULT, public_key_pem, verify_envelope
 from openexec.signing import key_id
 from openexec.store import StoreUnavailable
+from openexec.strictjson import BadJson, parse_json
 
 Model = TypeVar("Model", bound=BaseModel)
 

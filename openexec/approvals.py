@@ -48,6 +48,7 @@ from openexec.signing import (
     sha256_hex,
     sign_envelope,
 )
+from openexec.strictjson import BadJson, parse_json
 
 if TYPE_CHECKING:
     from openexec.settings import Settings
@@ -403,12 +404,8 @@ def _decode_base64(text: str) -> bytes:
 def _parse_v2_claims(body: bytes) -> dict[str, Any]:
     """Parse and type-check the signed v2 payload; it must be exactly its own JCS form."""
     try:
-        claims = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-        )
-    except (ValueError, RecursionError):
+        claims = parse_json(body)
+    except BadJson:
         raise _malformed("The v2 approval payload is not valid JSON.") from None
     if not isinstance(claims, dict):
         raise _malformed("The v2 approval payload must be a JSON object.")
@@ -439,14 +436,3 @@ def _parse_v2_claims(body: bytes) -> dict[str, Any]:
     if canonical != body:
         raise _malformed("The v2 approval payload is not in JCS canonical form.")
     return claims
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")

@@ -36,6 +36,7 @@ from openexec.plugins import PluginError, Registry, load_registry
 from openexec.receipts import NO_RESULT, verify_envelope
 from openexec.settings import ConfigError, Settings, parse_public_keys
 from openexec.signing import key_id
+from openexec.strictjson import BadJson, parse_json
 
 NONCE = re.compile(r"^[\x21-\x7e]{1,255}$")  # SPEC 3: printable ASCII, no whitespace
 
@@ -264,19 +265,9 @@ def _read_text(name: str) -> str:
 
 
 def _parse_json(text: str, source: str) -> Any:
-    """Strict JSON: no NaN or Infinity, no duplicate keys (which copy would be approved?)."""
+    """Strict JSON, as the service reads it: no NaN, no duplicate keys (which copy would be
+    approved?), bounded depth and integers."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
+        return parse_json(text.encode())
+    except BadJson as exc:
         raise CliError(f"{source} is not valid JSON: {exc}") from None
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate object key")
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
