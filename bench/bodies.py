@@ -44,7 +44,8 @@ def mint_bodies(
     action: str, approval: str | None, count: int, key: Ed25519PrivateKey, prefix: str
 ) -> Iterable[str]:
     """``count`` bodies for ``action``, each with a unique nonce and (``approval`` = ``v1`` or
-    ``v2``) its own single-use approval; ``approval=None`` for demo mode."""
+    ``v2``) its own single-use approval; ``approval=None`` for demo mode. ``prefix`` names the
+    batch: it keeps nonces and files.write paths apart from other batches in one database."""
     make_request = REQUESTS[action]
     for seq in range(count):
         tag = f"{prefix}-{seq}"
@@ -59,14 +60,11 @@ def mint_bodies(
         yield body(name, payload, nonce, artifact)
 
 
-def write_bodies(path: Path, bodies: Iterable[str]) -> int:
-    """Write newline-delimited bodies (the format bench/post.lua reads); return the count."""
-    written = 0
+def write_bodies(path: Path, bodies: Iterable[str]) -> None:
+    """Write newline-delimited bodies, the format bench/post.lua reads."""
     with path.open("w") as handle:
         for line in bodies:
             handle.write(line + "\n")
-            written += 1
-    return written
 
 
 def nonce_of(line: str) -> str:

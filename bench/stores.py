@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -35,7 +36,7 @@ class Database:
 
     def query(self, text: str, *args: Any) -> list[tuple[Any, ...]]:
         if self.kind == "sqlite":
-            with sqlite3.connect(self.path) as connection:
+            with closing(sqlite3.connect(self.path)) as connection:
                 return connection.execute(text, args).fetchall()
         with psycopg.connect(self.url) as connection:
             return connection.execute(text.replace("?", "%s"), args).fetchall()
@@ -87,7 +88,7 @@ class Database:
     def template_row(self) -> dict[str, Any]:
         """One succeeded execution as a column → value mapping, the model for seeded rows."""
         if self.kind == "sqlite":
-            with sqlite3.connect(self.path) as connection:
+            with closing(sqlite3.connect(self.path)) as connection:
                 cursor = connection.execute(
                     "SELECT * FROM executions WHERE status = 'succeeded' LIMIT 1"
                 )
@@ -109,8 +110,7 @@ class Database:
             f"INSERT INTO executions ({', '.join(columns)}) "
             f"VALUES ({', '.join('?' for _ in columns)})"
         )
-        connection = sqlite3.connect(self.path)
-        try:
+        with closing(sqlite3.connect(self.path)) as connection:
             # Seeding is setup, not measurement: durability is relaxed only here, and only for
             # this connection; the service opens its own connections with synchronous=FULL.
             connection.execute("PRAGMA synchronous=OFF")
@@ -119,8 +119,6 @@ class Database:
                 with connection:
                     connection.executemany(insert, batch)
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            connection.close()
 
     def _seed_postgres(self, columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
         copy = sql.SQL("COPY executions ({}) FROM STDIN").format(

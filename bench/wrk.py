@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 from bench.server import BenchFailure
 
@@ -18,7 +19,6 @@ LUA_SCRIPT = Path(__file__).resolve().parent / "post.lua"
 class WrkResult:
     requests: int
     duration_s: float
-    bytes: int
     p50_ms: float
     p99_ms: float
     max_ms: float
@@ -27,9 +27,34 @@ class WrkResult:
     def rps(self) -> float:
         return self.requests / self.duration_s
 
+
+@dataclass(frozen=True)
+class Measurement:
+    """Several wrk rounds summarised by their medians: on this 2-core machine one round's
+    throughput can swing by a third, the median of three much less."""
+
+    rounds: tuple[WrkResult, ...]
+
     @property
-    def bytes_per_response(self) -> float:
-        return self.bytes / max(self.requests, 1)
+    def requests(self) -> int:
+        return sum(result.requests for result in self.rounds)
+
+    @property
+    def rps(self) -> float:
+        return median(result.rps for result in self.rounds)
+
+    @property
+    def p50_ms(self) -> float:
+        return median(result.p50_ms for result in self.rounds)
+
+    @property
+    def p99_ms(self) -> float:
+        return median(result.p99_ms for result in self.rounds)
+
+    @property
+    def rps_range(self) -> str:
+        rates = [result.rps for result in self.rounds]
+        return f"{min(rates):.0f}-{max(rates):.0f}"
 
 
 def ensure_wrk() -> str:
@@ -99,7 +124,6 @@ def run_wrk(
     return WrkResult(
         requests=stats["requests"],
         duration_s=stats["duration_us"] / 1e6,
-        bytes=stats["bytes"],
         p50_ms=stats["p50_us"] / 1000,
         p99_ms=stats["p99_us"] / 1000,
         max_ms=stats["max_us"] / 1000,
