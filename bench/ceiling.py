@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from openexec.serving import nodelay_on_inherited_listeners
+
 RECEIPT_TYPE = b"application/vnd.in-toto+json"
 V1_SIGNED_FIELDS = ("approval_id", "tenant_id", "action_hash", "issued_at", "expires_at")
 
@@ -38,6 +40,7 @@ RECEIPT_KEY = Ed25519PrivateKey.generate()
 RECEIPT_KEY_ID = hashlib.sha256(RECEIPT_KEY.public_key().public_bytes_raw()).hexdigest()[:16]
 
 app = FastAPI()
+nodelay_on_inherited_listeners()  # served like the service: see openexec/serving.py
 
 
 def refuse(code: str) -> JSONResponse:

@@ -150,7 +150,7 @@ def print_targets(outcomes: dict[Scenario, Outcome]) -> None:
     if CEILING_2W in outcomes:
         print(
             f"  (the 2-worker ceiling runs at {ratio(outcomes[CEILING_2W], 'rps'):.2f}x the"
-            " 1-worker one: uvicorn --workers N leaves TCP_NODELAY off; see bench/README.md)"
+            " 1-worker one)"
         )
 
 

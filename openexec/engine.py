@@ -367,7 +367,7 @@ class Engine:
         """Record an outcome, retrying through a brief outage; None if the store stayed down."""
         for delay in (*RECORD_RETRY_DELAYS_S, None):
             try:
-                return bool(await asyncio.wrap_future(self.store.finish(exec_id, fields)))
+                return bool(await self.store.finish(exec_id, fields))
             except StoreUnavailable as exc:
                 log.warning("recording execution %s failed: %s", exec_id, exc)
                 if delay is not None:
@@ -385,9 +385,9 @@ class Engine:
         except StoreUnavailable:
             raise Problem(503, "storage_unavailable", STORE_DOWN) from None
 
-    async def _write(self, pending: Future[int]) -> int:
+    async def _write(self, pending: asyncio.Future[int]) -> int:
         try:
-            return await asyncio.wrap_future(pending)
+            return await pending
         except StoreUnavailable:
             raise Problem(503, "storage_unavailable", STORE_DOWN) from None
 

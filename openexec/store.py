@@ -1,15 +1,24 @@
 """Persistence of executions. The database, not Python, enforces exactly-once:
-a unique ``(tenant, nonce)`` pair and a unique ``approval_id`` make reservation one INSERT."""
+a unique ``(tenant, nonce)`` pair and a unique ``approval_id`` make reservation one INSERT.
+
+SQLModel declares the tables and SQLAlchemy builds every statement and manages the pool, but
+the statements of the request path are compiled once at startup and run on the driver's own
+cursor: per request, SQLAlchemy's execution machinery cost more than the query itself.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import os
 import queue
 import threading
-from collections.abc import Iterator
-from concurrent.futures import Future
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -29,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import Executable
 from sqlmodel import Field, SQLModel
 
@@ -38,6 +47,7 @@ from openexec.settings import ConfigError, Settings
 SCHEMA_VERSION = 1
 SCHEMA_LOCK = 0x6F70656E65786563  # pg_advisory_xact_lock key: "openexec"
 NO_TENANT = ""  # (tenant, nonce) must be unique, and NULLs never collide in a unique index
+WAL_AUTOCHECKPOINT_PAGES = 20_000  # a safety net: the Checkpointer normally runs long before
 
 
 class Execution(SQLModel, table=True):
@@ -81,8 +91,8 @@ class SchemaInfo(SQLModel, table=True):
 
 EXECUTIONS = Execution.__table__
 StoredExecution = dict[str, Any]  # one executions row, keyed by column name
+EMPTY_ROW: StoredExecution = dict.fromkeys(EXECUTIONS.columns.keys())
 
-# Statements are built once and executed with parameters, so SQLAlchemy compiles each once.
 LOOKUP = select(EXECUTIONS).where(
     or_(
         and_(EXECUTIONS.c.tenant == bindparam("tenant"), EXECUTIONS.c.nonce == bindparam("nonce")),
@@ -90,15 +100,36 @@ LOOKUP = select(EXECUTIONS).where(
     )
 )
 GET = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("exec_id"))
-# Executed with the columns to set as parameters (SQLAlchemy derives SET from them).
 FINISH = update(EXECUTIONS).where(
     EXECUTIONS.c.id == bindparam("target_id"), EXECUTIONS.c.status == "running"
 )
 EXPIRE = FINISH.where(EXECUTIONS.c.lease_expires_at < bindparam("now"))
+OUTCOME_COLUMNS = (  # what FINISH and EXPIRE set
+    "status",
+    "result",
+    "error_code",
+    "error_message",
+    "completed_at",
+    "receipt",
+    "receipt_envelope",
+    "response",
+)
 
 
 class StoreUnavailable(Exception):
     """The database did not answer; nothing that depended on it happened."""
+
+
+class Compiled:
+    """A statement compiled once for the store's dialect and run on a driver cursor."""
+
+    def __init__(self, statement: Executable, engine: Engine, set_columns: tuple = ()) -> None:
+        self._compiled = statement.compile(dialect=engine.dialect, column_keys=list(set_columns))
+        self.sql = str(self._compiled)
+
+    def run(self, cursor: Any, params: dict[str, Any]) -> Any:
+        """Execute with ``params``; constants the statement holds are filled in here."""
+        return cursor.execute(self.sql, self._compiled.construct_params(params))
 
 
 class Store:
@@ -107,14 +138,26 @@ class Store:
     Reads run in the caller's thread. Writes go to one writer thread per process, which
     commits whatever is queued in a single transaction: one durable commit serves many
     executions, and the process's threads never contend for the database's write lock.
+    Writes are awaited from an event loop.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.kind = settings.database_kind
         self.engine = _create_engine(settings)
         self._safe_url = settings.safe_db_url
-        self._writer = GroupCommitWriter(self.engine, begin_immediately=self.kind == "sqlite")
-        self._insert = _insert_if_absent(self.kind)
+        self._errors = DriverErrors(self.engine)
+        self._lookup = Compiled(LOOKUP, self.engine)
+        self._get = Compiled(GET, self.engine)
+        self._reserve = Compiled(_insert_if_absent(self.kind), self.engine, tuple(EMPTY_ROW))
+        self._finish = Compiled(FINISH, self.engine, OUTCOME_COLUMNS)
+        self._expire = Compiled(EXPIRE, self.engine, OUTCOME_COLUMNS)
+        self._checkpointer = Checkpointer(self._checkout) if self.kind == "sqlite" else None
+        self._writer = GroupCommitWriter(
+            self._checkout,
+            begin_immediately=self.kind == "sqlite",
+            lock_path=_lock_path(settings),
+            after_commit=self._checkpointer.poke if self._checkpointer else None,
+        )
 
     def prepare(self) -> None:
         """Create the schema on a new database; refuse one whose schema version differs."""
@@ -160,8 +203,8 @@ class Store:
                 )
 
     def ping(self) -> None:
-        with self._connection() as connection:
-            connection.execute(select(1))
+        with self._checkout() as connection:
+            connection.cursor().execute("SELECT 1")
 
     def lookup(
         self, tenant: str | None, nonce: str, approval_id: str | None
@@ -170,67 +213,103 @@ class Store:
         steps 3 and 4 of an execution in one query."""
         tenant = tenant or NO_TENANT
         params = {"tenant": tenant, "nonce": nonce, "approval_id": approval_id}
-        with self._connection() as connection:
-            rows = [row._asdict() for row in connection.execute(LOOKUP, params)]
+        with self._checkout() as connection:
+            rows = _dicts(self._lookup.run(connection.cursor(), params))
         holder = next((r for r in rows if r["tenant"] == tenant and r["nonce"] == nonce), None)
         used = approval_id is not None and any(r["approval_id"] == approval_id for r in rows)
         return holder, used
 
     def get(self, exec_id: str) -> StoredExecution | None:
-        with self._connection() as connection:
-            row = connection.execute(GET, {"exec_id": exec_id}).first()
-        return None if row is None else row._asdict()
+        with self._checkout() as connection:
+            rows = _dicts(self._get.run(connection.cursor(), {"exec_id": exec_id}))
+        return rows[0] if rows else None
 
-    def reserve(self, row: StoredExecution) -> Future[int]:
+    def reserve(self, row: StoredExecution) -> asyncio.Future[int]:
         """Insert the running row: resolves to 1, or to 0 when a unique constraint (nonce or
         approval) already holds a row, decided by the database."""
-        return self._writer.submit(self._insert, row)
+        return self._writer.submit(self._reserve, {**EMPTY_ROW, **row})
 
-    def finish(self, exec_id: str, fields: dict[str, Any]) -> Future[int]:
+    def finish(self, exec_id: str, fields: dict[str, Any]) -> asyncio.Future[int]:
         """Record an outcome while the row is still running: resolves to 1, or 0 if it no
         longer was."""
-        return self._writer.submit(FINISH, {"target_id": exec_id, **fields})
+        return self._writer.submit(self._finish, {"target_id": exec_id, **fields})
 
-    def expire(self, exec_id: str, now: float, fields: dict[str, Any]) -> Future[int]:
+    def expire(self, exec_id: str, now: float, fields: dict[str, Any]) -> asyncio.Future[int]:
         """Settle a running row whose lease has passed: 1, or 0 if it finished or was settled."""
-        return self._writer.submit(EXPIRE, {"target_id": exec_id, "now": now, **fields})
+        return self._writer.submit(self._expire, {"target_id": exec_id, "now": now, **fields})
 
     def dispose(self) -> None:
         self._writer.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.engine.dispose()
 
     @contextmanager
-    def _connection(self) -> Iterator[Any]:
+    def _checkout(self) -> Iterator[Any]:
+        """A pooled driver connection. A refused value (a constraint, a bad type) propagates
+        as the driver's error; anything else is an outage, and the connection is discarded."""
         try:
-            with self.engine.connect() as connection:
-                yield connection
-        except (IntegrityError, DataError):  # the database refused a value: not an outage
-            raise
-        except SQLAlchemyError as exc:
+            connection = self.engine.raw_connection()
+        except (SQLAlchemyError, self._errors.any) as exc:  # the pool wraps only some
             raise StoreUnavailable(_first_line(exc)) from exc
+        try:
+            yield connection
+        except self._errors.refused:
+            with contextlib.suppress(self._errors.any):
+                connection.rollback()
+            raise
+        except self._errors.any as exc:
+            connection.invalidate()  # possibly broken (a restarted server): never reuse it
+            raise StoreUnavailable(_first_line(exc)) from exc
+        finally:
+            connection.close()
 
 
-_Write = tuple[Executable, dict[str, Any], Future[int]]
+class DriverErrors:
+    """The driver's PEP 249 exception classes, which raw cursors raise."""
+
+    def __init__(self, engine: Engine) -> None:
+        dbapi = engine.dialect.loaded_dbapi
+        self.refused: tuple[type[Exception], ...] = (dbapi.IntegrityError, dbapi.DataError)
+        self.any: type[Exception] = dbapi.Error
+
+
+_Write = tuple[Compiled, dict[str, Any], asyncio.Future[int]]
 
 
 class GroupCommitWriter:
     """Applies writes in one thread, committing everything queued together (group commit).
 
     Each write resolves its future with its row count once the commit is durable, or with
-    StoreUnavailable when the database did not take it (then nothing of it happened).
+    StoreUnavailable (or the driver's error for a refused value) when the database did not
+    take it: then nothing of it happened. A batch's futures are resolved with one wake-up of
+    their event loop, and the thread makes as few calls that release the GIL as it can: each
+    costs a wait for the event loop's thread to hand the GIL back.
+
+    On SQLite, the writers of several worker processes queue on a ``ProcessWriteLock`` before
+    taking the database's write lock: the kernel hands it over as soon as it is free, where
+    SQLite's own busy handler polls with sleeps of up to 100 ms.
     """
 
     MAX_BATCH = 256
 
-    def __init__(self, engine: Engine, begin_immediately: bool) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        checkout: Any,
+        begin_immediately: bool,
+        lock_path: Path | None,
+        after_commit: Callable[[], None] | None,
+    ) -> None:
+        self._checkout = checkout
         self._begin_immediately = begin_immediately  # SQLite: take the write lock up front
+        self._lock_path = lock_path
+        self._after_commit = after_commit
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def submit(self, statement: Executable, params: dict[str, Any]) -> Future[int]:
-        future: Future[int] = Future()
+    def submit(self, statement: Compiled, params: dict[str, Any]) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
@@ -247,47 +326,158 @@ class GroupCommitWriter:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch = [first]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._apply(batch)
-                    return
-                batch.append(item)
-            self._apply(batch)
-
-    def _apply(self, batch: list[_Write]) -> None:
+        lock = ProcessWriteLock(self._lock_path) if self._lock_path else None
         try:
-            with self._engine.connect() as connection:
+            while (first := self._queue.get()) is not None:
+                batch, last = [first], False
+                while len(batch) < self.MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        last = True
+                        break
+                    batch.append(item)
+                if lock is not None:
+                    lock.acquire()
+                _settle(batch, self._apply(batch))
+                if lock is not None:
+                    lock.release_unless(busy=not self._queue.empty())
+                if last:
+                    return
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _apply(self, batch: list[_Write]) -> list[int | Exception]:
+        """Row counts, or for a write the database did not take, the reason."""
+        try:
+            with self._checkout() as connection:
+                cursor = connection.cursor()
                 if self._begin_immediately:
-                    connection.exec_driver_sql("BEGIN IMMEDIATE")
-                counts = [_affected(connection.execute(sql, params)) for sql, params, _ in batch]
+                    cursor.execute("BEGIN IMMEDIATE")
+                counts = [sql.run(cursor, params).rowcount for sql, params, _ in batch]
                 connection.commit()
-        except SQLAlchemyError as exc:
+            if self._after_commit is not None:
+                self._after_commit()
+            return counts
+        except Exception as exc:
             if len(batch) > 1:  # apply them one by one, so one bad write fails only itself
-                for write in batch:
-                    self._apply([write])
-                return
-            refused = isinstance(exc, IntegrityError | DataError)  # a value, not an outage
-            batch[0][2].set_exception(exc if refused else StoreUnavailable(_first_line(exc)))
-            return
-        for (_, _, future), count in zip(batch, counts, strict=True):
-            future.set_result(count)
+                return [self._apply([write])[0] for write in batch]
+            return [exc]
+
+
+def _settle(batch: list[_Write], outcomes: list[int | Exception]) -> None:
+    """Resolve each event loop's futures of a batch in one callback on that loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+    for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+        by_loop[future.get_loop()].append((future, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _resolve(settled: list[tuple[asyncio.Future[int], int | Exception]]) -> None:
+    for future, outcome in settled:
+        if future.done():  # cancelled: the caller stopped waiting
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+class Checkpointer:
+    """Copies SQLite's write-ahead log into the database file from its own thread, at most
+    once a second while there are commits. Left to itself, SQLite checkpoints inside the commit
+    that crosses 1,000 WAL pages, and every request waiting on that batch waits for it too.
+    A PASSIVE checkpoint never blocks the writer or the readers."""
+
+    INTERVAL_S = 1.0
+
+    def __init__(self, checkout: Any) -> None:
+        self._checkout = checkout
+        self._committed = threading.Event()
+        self._closing = threading.Event()
+        self._progress = threading.Condition()
+        self.runs = 0  # checkpoints attempted so far
+        self._thread = threading.Thread(
+            target=self._run, name="openexec-wal-checkpoint", daemon=True
+        )
+
+    def poke(self) -> None:
+        """Called by the writer after each commit (from its thread only)."""
+        if not self._thread.is_alive() and not self._closing.is_set():
+            self._thread.start()
+        self._committed.set()
+
+    def wait_for_runs(self, runs: int, timeout: float) -> bool:
+        """Wait until at least ``runs`` checkpoints have been attempted."""
+        with self._progress:
+            return self._progress.wait_for(lambda: self.runs >= runs, timeout)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._committed.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while self._committed.wait() and not self._closing.is_set():
+            self._committed.clear()
+            with contextlib.suppress(StoreUnavailable), self._checkout() as connection:
+                connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            with self._progress:
+                self.runs += 1
+                self._progress.notify_all()
+            self._closing.wait(self.INTERVAL_S)
+
+
+class ProcessWriteLock:
+    """An exclusive ``flock`` the writers of all worker processes queue on (SQLite).
+
+    It is kept from one batch to the next while writes are queued, since each take and release
+    costs the writer thread a hand-off of the GIL, and given up when the queue runs dry or
+    after ``HOLD_S``, so that the other workers' writers get their turns.
+    """
+
+    HOLD_S = 0.01
+
+    def __init__(self, path: Path) -> None:
+        self._descriptor = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        self._held_since: float | None = None
+
+    def acquire(self) -> None:
+        if self._held_since is None:
+            fcntl.flock(self._descriptor, fcntl.LOCK_EX)
+            self._held_since = time.monotonic()
+
+    def release_unless(self, busy: bool) -> None:
+        held_since = self._held_since
+        if held_since is not None and (not busy or time.monotonic() - held_since > self.HOLD_S):
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+            self._held_since = None
+
+    def close(self) -> None:
+        os.close(self._descriptor)  # releases the lock too
+
+
+def _lock_path(settings: Settings) -> Path | None:
+    path = settings.sqlite_path
+    return None if path is None else path.with_name(path.name + "-writer-lock")
+
+
+def _dicts(cursor: Any) -> list[StoredExecution]:
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _insert_if_absent(kind: str) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: a taken nonce or approval inserts (and
-    returns) nothing. RETURNING, because drivers differ in the rowcount they report here."""
+    """INSERT ... ON CONFLICT DO NOTHING: a taken nonce or approval inserts nothing, and the
+    driver's rowcount (SQLite's changes(), PostgreSQL's command tag) says 0."""
     dialect_insert = postgresql_insert if kind == "postgresql" else sqlite_insert
-    return dialect_insert(EXECUTIONS).on_conflict_do_nothing().returning(EXECUTIONS.c.id)
-
-
-def _affected(result: Any) -> int:
-    return len(result.all()) if result.returns_rows else result.rowcount
+    return dialect_insert(EXECUTIONS).on_conflict_do_nothing()
 
 
 def _create_engine(settings: Settings) -> Engine:
@@ -308,7 +498,9 @@ def _create_engine(settings: Settings) -> Engine:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     engine = create_engine(
-        settings.db_url, connect_args={"timeout": 30, "check_same_thread": False}
+        settings.db_url,
+        paramstyle="named",  # like psycopg's, so compiled statements take a dict of parameters
+        connect_args={"timeout": 30, "check_same_thread": False},
     )
 
     @event.listens_for(engine, "connect")
@@ -319,6 +511,7 @@ def _create_engine(settings: Settings) -> Engine:
         )  # readers and one writer at a time, across workers
         cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
     return engine

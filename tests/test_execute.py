@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 
 from openexec.signing import canonical_json, sha256_hex
-from openexec.store import Execution
+from openexec.store import Execution, Store
 from tests.conftest import execute, journal, stored_rows
 from tests.support import probe_pack
+
+
+def reserve_directly(store: Store, row: dict) -> int:
+    """Insert a running row as another process would have: the store's own reservation."""
+
+    async def reserve() -> int:
+        return await store.reserve(row)
+
+    return asyncio.run(reserve())
 
 
 def test_quickstart_runs_once_and_replays_identically(client):
@@ -179,7 +189,8 @@ def test_expired_lease_is_recorded_indeterminate_and_never_rerun(client):
     payload = {"note": "lost"}
     request_hash = sha256_hex(canonical_json({"action": "probe.bump", "payload": payload}))
     assert (
-        engine.store.reserve(
+        reserve_directly(
+            engine.store,
             Execution(
                 id="dead-worker-exec",
                 tenant="",
@@ -193,8 +204,8 @@ def test_expired_lease_is_recorded_indeterminate_and_never_rerun(client):
                 status="running",
                 started_at="2026-01-01T00:00:00.000000Z",
                 lease_expires_at=time.time() - 1,
-            ).model_dump()
-        ).result()
+            ).model_dump(),
+        )
         == 1
     )
     response = execute(client, "probe.bump", payload, nonce="orphan")
@@ -213,7 +224,8 @@ def test_unexpired_lease_of_another_process_is_in_progress(client):
     engine = client.app.state.engine
     request_hash = sha256_hex(canonical_json({"action": "echo", "payload": {}}))
     assert (
-        engine.store.reserve(
+        reserve_directly(
+            engine.store,
             Execution(
                 id="live-exec",
                 tenant="",
@@ -227,8 +239,8 @@ def test_unexpired_lease_of_another_process_is_in_progress(client):
                 status="running",
                 started_at="2026-01-01T00:00:00.000000Z",
                 lease_expires_at=time.time() + 60,
-            ).model_dump()
-        ).result()
+            ).model_dump(),
+        )
         == 1
     )
     response = execute(client, "echo", {}, nonce="live")

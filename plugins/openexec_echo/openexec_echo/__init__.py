@@ -20,11 +20,13 @@ class AddInput(BaseModel):
     b: int | float
 
 
-def echo(payload: EchoInput, ctx: Context) -> dict[str, Any]:
+# Async handlers run on the event loop, with no thread hand-off: right for work that never
+# blocks, as here. A handler that does I/O or heavy computation should be a plain function.
+async def echo(payload: EchoInput, ctx: Context) -> dict[str, Any]:
     return {"echo": payload.root}
 
 
-def add(payload: AddInput, ctx: Context) -> dict[str, Any]:
+async def add(payload: AddInput, ctx: Context) -> dict[str, Any]:
     return {"sum": payload.a + payload.b}
 
 
