@@ -53,8 +53,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.include_router(api.execution)  # first: routes are matched in order, /execute is hot
     app.include_router(api.service)
-    app.include_router(api.execution)
     app.include_router(api.receipts)
     api.install_error_handlers(app)
     app.add_middleware(api.BodyLimit, max_bytes=settings.max_request_bytes)

@@ -146,6 +146,9 @@ class Store:
         self.engine = _create_engine(settings)
         self._safe_url = settings.safe_db_url
         self._errors = DriverErrors(self.engine)
+        self._readers = threading.local()
+        self._kept: list[Any] = []  # the readers' connections, closed by dispose()
+        self._kept_lock = threading.Lock()
         self._lookup = Compiled(LOOKUP, self.engine)
         self._get = Compiled(GET, self.engine)
         self._reserve = Compiled(_insert_if_absent(self.kind), self.engine, tuple(EMPTY_ROW))
@@ -203,8 +206,9 @@ class Store:
                 )
 
     def ping(self) -> None:
+        """Whether the database answers a new connection (readiness)."""
         with self._checkout() as connection:
-            connection.cursor().execute("SELECT 1")
+            connection.cursor().execute("SELECT 1").fetchall()
 
     def lookup(
         self, tenant: str | None, nonce: str, approval_id: str | None
@@ -213,14 +217,14 @@ class Store:
         steps 3 and 4 of an execution in one query."""
         tenant = tenant or NO_TENANT
         params = {"tenant": tenant, "nonce": nonce, "approval_id": approval_id}
-        with self._checkout() as connection:
+        with self._reader() as connection:
             rows = _dicts(self._lookup.run(connection.cursor(), params))
         holder = next((r for r in rows if r["tenant"] == tenant and r["nonce"] == nonce), None)
         used = approval_id is not None and any(r["approval_id"] == approval_id for r in rows)
         return holder, used
 
     def get(self, exec_id: str) -> StoredExecution | None:
-        with self._checkout() as connection:
+        with self._reader() as connection:
             rows = _dicts(self._get.run(connection.cursor(), {"exec_id": exec_id}))
         return rows[0] if rows else None
 
@@ -242,18 +246,52 @@ class Store:
         self._writer.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
+        with self._kept_lock:
+            for connection in self._kept:
+                with contextlib.suppress(Exception):
+                    connection.close()
+            self._kept.clear()
         self.engine.dispose()
 
     @contextmanager
     def _checkout(self) -> Iterator[Any]:
-        """A pooled driver connection. A refused value (a constraint, a bad type) propagates
-        as the driver's error; anything else is an outage, and the connection is discarded."""
+        """A pooled driver connection, returned to the pool afterwards."""
+        connection = self._connect()
         try:
-            connection = self.engine.raw_connection()
+            with self._driver_errors(connection):
+                yield connection
+        finally:
+            connection.close()
+
+    @contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """A connection for a read. On SQLite each thread keeps one of its own (reads run on
+        the event loop's thread), since a pool checkout and return cost more than the query;
+        it is never inside a transaction between reads. On PostgreSQL, the pool."""
+        if self.kind != "sqlite":
+            with self._checkout() as connection:
+                yield connection
+            return
+        connection = getattr(self._readers, "connection", None)
+        if connection is None or not connection.is_valid:
+            connection = self._readers.connection = self._connect()
+            with self._kept_lock:
+                self._kept.append(connection)
+        with self._driver_errors(connection):
+            yield connection
+
+    def _connect(self) -> Any:
+        try:
+            return self.engine.raw_connection()
         except (SQLAlchemyError, self._errors.any) as exc:  # the pool wraps only some
             raise StoreUnavailable(_first_line(exc)) from exc
+
+    @contextmanager
+    def _driver_errors(self, connection: Any) -> Iterator[None]:
+        """A refused value (a constraint, a bad type) propagates as the driver's error; any
+        other driver error is an outage, and the connection is discarded."""
         try:
-            yield connection
+            yield
         except self._errors.refused:
             with contextlib.suppress(self._errors.any):
                 connection.rollback()
@@ -261,8 +299,6 @@ class Store:
         except self._errors.any as exc:
             connection.invalidate()  # possibly broken (a restarted server): never reuse it
             raise StoreUnavailable(_first_line(exc)) from exc
-        finally:
-            connection.close()
 
 
 class DriverErrors:
