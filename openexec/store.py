@@ -123,7 +123,9 @@ class StoreUnavailable(Exception):
 class Compiled:
     """A statement compiled once for the store's dialect and run on a driver cursor."""
 
-    def __init__(self, statement: Executable, engine: Engine, set_columns: tuple = ()) -> None:
+    def __init__(
+        self, statement: Executable, engine: Engine, set_columns: tuple[str, ...] = ()
+    ) -> None:
         self._compiled = statement.compile(dialect=engine.dialect, column_keys=list(set_columns))
         self.sql = str(self._compiled)
 
@@ -274,9 +276,12 @@ class Store:
             return
         connection = getattr(self._readers, "connection", None)
         if connection is None or not connection.is_valid:
-            connection = self._readers.connection = self._connect()
+            fresh = self._readers.connection = self._connect()
             with self._kept_lock:
-                self._kept.append(connection)
+                if connection is not None:  # invalidated by an error: already closed
+                    self._kept.remove(connection)
+                self._kept.append(fresh)
+            connection = fresh
         with self._driver_errors(connection):
             yield connection
 
