@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import threading
@@ -44,10 +45,14 @@ from sqlmodel import Field, SQLModel
 
 from openexec.settings import ConfigError, Settings
 
+log = logging.getLogger("openexec.store")
+
 SCHEMA_VERSION = 1
 SCHEMA_LOCK = 0x6F70656E65786563  # pg_advisory_xact_lock key: "openexec"
 NO_TENANT = ""  # (tenant, nonce) must be unique, and NULLs never collide in a unique index
 WAL_AUTOCHECKPOINT_PAGES = 20_000  # a safety net: the Checkpointer normally runs long before
+KEPT_READERS = 4  # threads that keep a SQLite read connection of their own; others use the pool
+LOCK_WAIT_S = 30.0  # like SQLite's busy timeout: a writer waits this long for another's lock
 
 
 class Execution(SQLModel, table=True):
@@ -151,6 +156,7 @@ class Store:
         self._readers = threading.local()
         self._kept: list[Any] = []  # the readers' connections, closed by dispose()
         self._kept_lock = threading.Lock()
+        self._closed = False
         self._lookup = Compiled(LOOKUP, self.engine)
         self._get = Compiled(GET, self.engine)
         self._reserve = Compiled(_insert_if_absent(self.kind), self.engine, tuple(EMPTY_ROW))
@@ -160,7 +166,7 @@ class Store:
         self._writer = GroupCommitWriter(
             self._checkout,
             begin_immediately=self.kind == "sqlite",
-            lock_path=_lock_path(settings),
+            lock=_open_write_lock(settings),
             after_commit=self._checkpointer.poke if self._checkpointer else None,
         )
 
@@ -249,6 +255,7 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.close()
         with self._kept_lock:
+            self._closed = True
             for connection in self._kept:
                 with contextlib.suppress(Exception):
                     connection.close()
@@ -267,23 +274,29 @@ class Store:
 
     @contextmanager
     def _reader(self) -> Iterator[Any]:
-        """A connection for a read. On SQLite each thread keeps one of its own (reads run on
-        the event loop's thread), since a pool checkout and return cost more than the query;
-        it is never inside a transaction between reads. On PostgreSQL, the pool."""
-        if self.kind != "sqlite":
-            with self._checkout() as connection:
-                yield connection
-            return
+        """A connection for a read. On SQLite a few threads (in the service, the event loop's)
+        keep one of their own, since a pool checkout and return cost more than the query; it
+        is never inside a transaction between reads. Other threads, and PostgreSQL, use the
+        pool."""
         connection = getattr(self._readers, "connection", None)
-        if connection is None or not connection.is_valid:
-            fresh = self._readers.connection = self._connect()
-            with self._kept_lock:
-                if connection is not None:  # invalidated by an error: already closed
-                    self._kept.remove(connection)
-                self._kept.append(fresh)
-            connection = fresh
+        if self.kind == "sqlite" and (connection is None or not connection.is_valid):
+            connection = self._readers.connection = self._keep_reader(connection)
+        if connection is None:
+            with self._checkout() as pooled:
+                yield pooled
+            return
         with self._driver_errors(connection):
             yield connection
+
+    def _keep_reader(self, broken: Any) -> Any:
+        with self._kept_lock:
+            if broken in self._kept:  # invalidated by an error, or closed by dispose()
+                self._kept.remove(broken)
+            if self._closed or len(self._kept) >= KEPT_READERS:
+                return None
+            connection = self._connect()
+            self._kept.append(connection)
+            return connection
 
     def _connect(self) -> Any:
         try:
@@ -327,9 +340,8 @@ class GroupCommitWriter:
     their event loop, and the thread makes as few calls that release the GIL as it can: each
     costs a wait for the event loop's thread to hand the GIL back.
 
-    On SQLite, the writers of several worker processes queue on a ``ProcessWriteLock`` before
-    taking the database's write lock: the kernel hands it over as soon as it is free, where
-    SQLite's own busy handler polls with sleeps of up to 100 ms.
+    On SQLite, the writers of several worker processes take a ``ProcessWriteLock`` before
+    SQLite's own write lock, which they then never wait for.
     """
 
     MAX_BATCH = 256
@@ -338,58 +350,72 @@ class GroupCommitWriter:
         self,
         checkout: Any,
         begin_immediately: bool,
-        lock_path: Path | None,
+        lock: ProcessWriteLock | None,
         after_commit: Callable[[], None] | None,
     ) -> None:
         self._checkout = checkout
         self._begin_immediately = begin_immediately  # SQLite: take the write lock up front
-        self._lock_path = lock_path
+        self._lock = lock
         self._after_commit = after_commit
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closed = False
 
     def submit(self, statement: Compiled, params: dict[str, Any]) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="openexec-store-writer", daemon=True
-                    )
-                    self._thread.start()
+        with self._start_lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="openexec-store-writer", daemon=True
+                )
+                self._thread.start()
         self._queue.put((statement, params, future))
         return future
 
     def close(self) -> None:
+        with self._start_lock:
+            self._closed = True
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout=30)
+        if self._lock is not None:
+            self._lock.close()
 
     def _run(self) -> None:
-        lock = ProcessWriteLock(self._lock_path) if self._lock_path else None
+        while (first := self._queue.get()) is not None:
+            batch, last = [first], False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    last = True
+                    break
+                batch.append(item)
+            try:
+                outcomes = self._commit(batch)
+            except BaseException as exc:  # a bug: fail this batch, never the thread
+                log.exception("the store writer failed a batch of %d writes", len(batch))
+                outcomes = [StoreUnavailable(f"the store writer failed: {exc!r}")] * len(batch)
+            _settle(batch, outcomes)
+            if last:
+                return
+
+    def _commit(self, batch: list[_Write]) -> list[int | Exception]:
+        if self._lock is None:
+            return self._apply(batch)
         try:
-            while (first := self._queue.get()) is not None:
-                batch, last = [first], False
-                while len(batch) < self.MAX_BATCH:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        last = True
-                        break
-                    batch.append(item)
-                if lock is not None:
-                    lock.acquire()
-                _settle(batch, self._apply(batch))
-                if lock is not None:
-                    lock.release_unless(busy=not self._queue.empty())
-                if last:
-                    return
+            self._lock.acquire()
+        except StoreUnavailable as exc:
+            return [exc] * len(batch)
+        try:
+            return self._apply(batch)
         finally:
-            if lock is not None:
-                lock.close()
+            self._lock.release_unless(busy=not self._queue.empty())
 
     def _apply(self, batch: list[_Write]) -> list[int | Exception]:
         """Row counts, or for a write the database did not take, the reason."""
@@ -400,13 +426,18 @@ class GroupCommitWriter:
                     cursor.execute("BEGIN IMMEDIATE")
                 counts = [sql.run(cursor, params).rowcount for sql, params, _ in batch]
                 connection.commit()
-            if self._after_commit is not None:
-                self._after_commit()
-            return counts
-        except Exception as exc:
+        except StoreUnavailable as exc:  # an outage: the whole batch failed, at once
+            return [exc] * len(batch)
+        except Exception as exc:  # a value the database refused
             if len(batch) > 1:  # apply them one by one, so one bad write fails only itself
                 return [self._apply([write])[0] for write in batch]
             return [exc]
+        if self._after_commit is not None:
+            try:
+                self._after_commit()
+            except Exception:  # the batch is committed whatever happens here
+                log.exception("after a commit")
+        return counts
 
 
 def _settle(batch: list[_Write], outcomes: list[int | Exception]) -> None:
@@ -449,7 +480,7 @@ class Checkpointer:
 
     def poke(self) -> None:
         """Called by the writer after each commit (from its thread only)."""
-        if not self._thread.is_alive() and not self._closing.is_set():
+        if self._thread.ident is None and not self._closing.is_set():
             self._thread.start()
         self._committed.set()
 
@@ -467,8 +498,11 @@ class Checkpointer:
     def _run(self) -> None:
         while self._committed.wait() and not self._closing.is_set():
             self._committed.clear()
-            with contextlib.suppress(StoreUnavailable), self._checkout() as connection:
-                connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            try:
+                with self._checkout() as connection:
+                    connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except Exception:  # the next commit tries again; SQLite's own checkpoint remains
+                log.warning("WAL checkpoint failed", exc_info=True)
             with self._progress:
                 self.runs += 1
                 self._progress.notify_all()
@@ -478,21 +512,36 @@ class Checkpointer:
 class ProcessWriteLock:
     """An exclusive ``flock`` the writers of all worker processes queue on (SQLite).
 
+    SQLite's busy handler makes a writer that finds the database locked sleep, backing off to
+    100 ms at a time; a writer polls this lock every millisecond instead, for up to
+    ``LOCK_WAIT_S`` (then the batch fails with StoreUnavailable, as SQLite's busy timeout would).
     It is kept from one batch to the next while writes are queued, since each take and release
     costs the writer thread a hand-off of the GIL, and given up when the queue runs dry or
     after ``HOLD_S``, so that the other workers' writers get their turns.
     """
 
     HOLD_S = 0.01
+    POLL_S = 0.001
 
     def __init__(self, path: Path) -> None:
         self._descriptor = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         self._held_since: float | None = None
 
     def acquire(self) -> None:
-        if self._held_since is None:
-            fcntl.flock(self._descriptor, fcntl.LOCK_EX)
-            self._held_since = time.monotonic()
+        if self._held_since is not None:
+            return
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self._descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(
+                        f"another worker held the write lock for {LOCK_WAIT_S:g} s"
+                    ) from None
+                time.sleep(self.POLL_S)
+        self._held_since = time.monotonic()
 
     def release_unless(self, busy: bool) -> None:
         held_since = self._held_since
@@ -504,9 +553,19 @@ class ProcessWriteLock:
         os.close(self._descriptor)  # releases the lock too
 
 
-def _lock_path(settings: Settings) -> Path | None:
+def _open_write_lock(settings: Settings) -> ProcessWriteLock | None:
+    """The SQLite workers' lock file beside the database; opened at startup, so that one this
+    process cannot use stops the service with a clear message instead of failing writes."""
     path = settings.sqlite_path
-    return None if path is None else path.with_name(path.name + "-writer-lock")
+    if path is None:
+        return None
+    lock_path = path.with_name(path.name + "-writer-lock")
+    try:
+        return ProcessWriteLock(lock_path)
+    except OSError as exc:
+        raise ConfigError(
+            "OPENEXEC_DB_URL", f"cannot open the workers' lock file {lock_path}: {exc.strerror}"
+        ) from None
 
 
 def _dicts(cursor: Any) -> list[StoredExecution]:
