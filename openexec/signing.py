@@ -13,7 +13,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-MAX_SAFE_INTEGER = 2**53 - 1
+from openexec.strictjson import MAX_SAFE_INTEGER
+
 FIRST_ASTRAL = "\U00010000"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from openexec.plugins import InProcessPlugin
-from openexec.store import EXECUTIONS
+from openexec.signing import request_sha256
+from openexec.store import EXECUTIONS, Store
 from tests.support import probe_pack
 
 PROBE = InProcessPlugin(probe_pack, "probe-pack", "1.0")
@@ -95,3 +98,39 @@ def execute(
 ):
     body = {"action": action, "payload": payload or {}, "nonce": nonce, **extra}
     return client.post("/execute", json=body)
+
+
+def running_row(
+    exec_id: str,
+    nonce: str,
+    *,
+    action: str = "echo",
+    payload: dict | None = None,
+    plugin: tuple[str, str] = ("openexec-echo", "0.1.0"),
+    lease_expires_at: float = 0.0,
+) -> dict:
+    """An executions row as a process that reserved it and has not finished would leave it."""
+    payload = {} if payload is None else payload
+    return {
+        "id": exec_id,
+        "tenant": "",
+        "nonce": nonce,
+        "action": action,
+        "plugin_name": plugin[0],
+        "plugin_version": plugin[1],
+        "mode": "demo",
+        "request_sha256": request_sha256(action, payload),
+        "payload": json.dumps(payload),
+        "status": "running",
+        "started_at": "2026-01-01T00:00:00.000000Z",
+        "lease_expires_at": lease_expires_at,
+    }
+
+
+def reserve_rows(store: Store, rows: list[dict]) -> list[int]:
+    """Reserve rows through the store's own writer, as another process would have."""
+
+    async def reserve() -> list[int]:
+        return list(await asyncio.gather(*(store.reserve(row) for row in rows)))
+
+    return asyncio.run(reserve())

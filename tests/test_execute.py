@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 import pytest
 
 from openexec.signing import canonical_json, sha256_hex
-from openexec.store import Execution, Store
-from tests.conftest import execute, journal, stored_rows
+from tests.conftest import execute, journal, reserve_rows, running_row, stored_rows
 from tests.support import probe_pack
-
-
-def reserve_directly(store: Store, row: dict) -> int:
-    """Insert a running row as another process would have: the store's own reservation."""
-
-    async def reserve() -> int:
-        return await store.reserve(row)
-
-    return asyncio.run(reserve())
 
 
 def test_quickstart_runs_once_and_replays_identically(client):
@@ -185,29 +174,16 @@ def test_same_nonce_while_running_gets_409_with_retry_after(client):
 
 def test_expired_lease_is_recorded_indeterminate_and_never_rerun(client):
     """A row left running by a process that died: the next request settles it, with a receipt."""
-    engine = client.app.state.engine
     payload = {"note": "lost"}
-    request_hash = sha256_hex(canonical_json({"action": "probe.bump", "payload": payload}))
-    assert (
-        reserve_directly(
-            engine.store,
-            Execution(
-                id="dead-worker-exec",
-                tenant="",
-                nonce="orphan",
-                action="probe.bump",
-                plugin_name="probe-pack",
-                plugin_version="1.0",
-                mode="demo",
-                request_sha256=request_hash,
-                payload='{"note": "lost"}',
-                status="running",
-                started_at="2026-01-01T00:00:00.000000Z",
-                lease_expires_at=time.time() - 1,
-            ).model_dump(),
-        )
-        == 1
+    orphan = running_row(
+        "dead-worker-exec",
+        "orphan",
+        action="probe.bump",
+        payload=payload,
+        plugin=("probe-pack", "1.0"),
+        lease_expires_at=time.time() - 1,
     )
+    assert reserve_rows(client.app.state.engine.store, [orphan]) == [1]
     response = execute(client, "probe.bump", payload, nonce="orphan")
     assert response.status_code == 200
     body = response.json()
@@ -221,28 +197,8 @@ def test_expired_lease_is_recorded_indeterminate_and_never_rerun(client):
 
 
 def test_unexpired_lease_of_another_process_is_in_progress(client):
-    engine = client.app.state.engine
-    request_hash = sha256_hex(canonical_json({"action": "echo", "payload": {}}))
-    assert (
-        reserve_directly(
-            engine.store,
-            Execution(
-                id="live-exec",
-                tenant="",
-                nonce="live",
-                action="echo",
-                plugin_name="openexec-echo",
-                plugin_version="0.1.0",
-                mode="demo",
-                request_sha256=request_hash,
-                payload="{}",
-                status="running",
-                started_at="2026-01-01T00:00:00.000000Z",
-                lease_expires_at=time.time() + 60,
-            ).model_dump(),
-        )
-        == 1
-    )
+    live = running_row("live-exec", "live", lease_expires_at=time.time() + 60)
+    assert reserve_rows(client.app.state.engine.store, [live]) == [1]
     response = execute(client, "echo", {}, nonce="live")
     assert response.status_code == 409
     assert 55 <= int(response.headers["retry-after"]) <= 60

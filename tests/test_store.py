@@ -17,6 +17,7 @@ import pytest
 import openexec.store as store_module
 from openexec.settings import ConfigError, Settings
 from openexec.store import KEPT_READERS, WAL_AUTOCHECKPOINT_PAGES, Store, StoreUnavailable
+from tests.conftest import reserve_rows, running_row
 
 
 @pytest.fixture
@@ -27,28 +28,8 @@ def store(tmp_path: Path):
     store.dispose()
 
 
-def running_row(number: int) -> dict:
-    return {
-        "id": f"exec-{number}",
-        "tenant": "",
-        "nonce": f"nonce-{number}",
-        "action": "echo",
-        "plugin_name": "openexec-echo",
-        "plugin_version": "0.1.0",
-        "mode": "demo",
-        "request_sha256": "0" * 64,
-        "payload": "{}",
-        "status": "running",
-        "started_at": "2026-01-01T00:00:00.000000Z",
-        "lease_expires_at": 0.0,
-    }
-
-
-def reserve_all(store: Store, rows: list[dict]) -> list[int]:
-    async def reserve() -> list[int]:
-        return list(await asyncio.gather(*(store.reserve(row) for row in rows)))
-
-    return asyncio.run(reserve())
+def row(number: int) -> dict:
+    return running_row(f"exec-{number}", f"nonce-{number}")
 
 
 def rows_in_main_file(path: Path) -> int:
@@ -62,7 +43,7 @@ def test_commits_reach_the_database_file_through_the_background_checkpointer(sto
     with store.engine.connect() as connection:  # SQLite's own checkpoint is only a safety net
         pages = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
     assert pages == WAL_AUTOCHECKPOINT_PAGES
-    assert reserve_all(store, [running_row(n) for n in range(40)]) == [1] * 40
+    assert reserve_rows(store, [row(n) for n in range(40)]) == [1] * 40
     checkpointer = store._checkpointer
     done = checkpointer.runs
     checkpointer.poke()  # as the writer does after a commit
@@ -71,7 +52,7 @@ def test_commits_reach_the_database_file_through_the_background_checkpointer(sto
 
 
 def test_the_workers_write_lock_is_private_and_free_when_no_write_is_queued(store, tmp_path):
-    assert reserve_all(store, [running_row(n) for n in range(5)]) == [1] * 5
+    assert reserve_rows(store, [row(n) for n in range(5)]) == [1] * 5
     lock_file = tmp_path / "store.db-writer-lock"
     assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
     descriptor = os.open(lock_file, os.O_RDWR)
@@ -83,9 +64,9 @@ def test_the_workers_write_lock_is_private_and_free_when_no_write_is_queued(stor
 
 
 def test_a_taken_nonce_reserves_nothing_and_says_so(store):
-    first, again = running_row(1), {**running_row(2), "nonce": "nonce-1"}
-    assert reserve_all(store, [first]) == [1]
-    assert reserve_all(store, [again]) == [0]
+    first, again = row(1), {**row(2), "nonce": "nonce-1"}
+    assert reserve_rows(store, [first]) == [1]
+    assert reserve_rows(store, [again]) == [0]
     holder, _ = store.lookup(None, "nonce-1", None)
     assert holder is not None and holder["id"] == "exec-1"
 
@@ -95,8 +76,8 @@ def test_a_failing_after_commit_hook_never_applies_a_committed_batch_twice(store
         raise RuntimeError("checkpointer gone")
 
     store._writer._after_commit = broken_hook
-    assert reserve_all(store, [running_row(n) for n in range(3)]) == [1, 1, 1]
-    assert reserve_all(store, [running_row(3)]) == [1]
+    assert reserve_rows(store, [row(n) for n in range(3)]) == [1, 1, 1]
+    assert reserve_rows(store, [row(3)]) == [1]
 
 
 def test_an_unexpected_writer_error_fails_its_batch_and_the_writer_goes_on(store):
@@ -112,8 +93,8 @@ def test_an_unexpected_writer_error_fails_its_batch_and_the_writer_goes_on(store
 
     writer._commit = fails_once
     with pytest.raises(StoreUnavailable, match="store writer failed"):
-        reserve_all(store, [running_row(1)])
-    assert reserve_all(store, [running_row(2)]) == [1]  # the thread is alive and writing
+        reserve_rows(store, [row(1)])
+    assert reserve_rows(store, [row(2)]) == [1]  # the thread is alive and writing
 
 
 def test_an_outage_fails_a_whole_batch_at_once(store):
@@ -133,7 +114,7 @@ def test_an_outage_fails_a_whole_batch_at_once(store):
     writer._checkout = unreachable
 
     async def reserve() -> list:
-        pending = [store.reserve(running_row(n)) for n in range(6)]
+        pending = [store.reserve(row(n)) for n in range(6)]
         everything_queued.set()
         return await asyncio.gather(*pending, return_exceptions=True)
 
@@ -152,10 +133,10 @@ def test_a_worker_holding_the_write_lock_too_long_makes_writes_unavailable(
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)  # as a stuck worker would
         with pytest.raises(StoreUnavailable, match="held the write lock"):
-            reserve_all(store, [running_row(1)])
+            reserve_rows(store, [row(1)])
     finally:
         os.close(descriptor)
-    assert reserve_all(store, [running_row(1)]) == [1]  # nothing of it happened
+    assert reserve_rows(store, [row(1)]) == [1]  # nothing of it happened
 
 
 def test_an_unusable_lock_file_stops_startup(tmp_path):
@@ -177,6 +158,6 @@ def test_only_a_few_threads_keep_a_read_connection(store):
         thread.join(30)
     assert results == [(None, False)] * len(threads)
     assert len(store._kept) <= KEPT_READERS
-    assert reserve_all(store, [running_row(1)]) == [1]  # the pool still serves the writer
+    assert reserve_rows(store, [row(1)]) == [1]  # the pool still serves the writer
     store.dispose()
     assert store.lookup(None, "nonce-1", None)[0]["id"] == "exec-1"  # read after dispose: pool
