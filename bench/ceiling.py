@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from openexec.app import NO_TELEMETRY
 from openexec.serving import nodelay_on_inherited_listeners
 
 RECEIPT_TYPE = b"application/vnd.in-toto+json"
@@ -39,7 +40,7 @@ APPROVER_KEY = _approver_key()
 RECEIPT_KEY = Ed25519PrivateKey.generate()
 RECEIPT_KEY_ID = hashlib.sha256(RECEIPT_KEY.public_key().public_bytes_raw()).hexdigest()[:16]
 
-app = FastAPI()
+app = FastAPI(telemetry=NO_TELEMETRY)  # as the service: see openexec/app.py
 nodelay_on_inherited_listeners()  # served like the service: see openexec/serving.py
 
 

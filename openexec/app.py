@@ -17,6 +17,10 @@ from openexec.store import Store
 
 log = logging.getLogger("openexec")
 
+# FastAPI's native OpenTelemetry (0.16x) would report to whatever provider the process
+# configures; the service makes no outbound calls, and the check alone costs every request.
+NO_TELEMETRY: dict[str, bool] = {"tracing": False, "metrics": False, "logs": False}
+
 
 def create_app(
     settings: Settings | None = None, plugins: Iterable[InProcessPlugin] | None = None
@@ -51,9 +55,10 @@ def create_app(
         version=__version__,
         description="Governed, deterministic execution with signed receipts.",
         lifespan=lifespan,
+        telemetry=NO_TELEMETRY,
     )
     app.state.engine = engine
-    app.include_router(api.execution)  # first: routes are matched in order, /execute is hot
+    api.add_execute_route(app)  # first: routes are matched in order, /execute is hot
     app.include_router(api.service)
     app.include_router(api.receipts)
     api.install_error_handlers(app)

@@ -321,7 +321,8 @@ def mint_v2(
         "nbf": nbf,
         "exp": issued + ttl_s,
     }
-    return sign_envelope(private_key, APPROVAL_V2_TYPE, canonical_json(claims))
+    signer = key_id(private_key.public_key())
+    return sign_envelope(private_key, signer, APPROVAL_V2_TYPE, canonical_json(claims))
 
 
 def _v1_signed_bytes(fields: dict) -> bytes:

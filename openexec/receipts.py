@@ -70,7 +70,8 @@ class ReceiptSigner:
             "predicate": predicate,
         }
         body = canonical_json(statement)
-        return sign_envelope(self._private_key, RECEIPT_TYPE, body), sha256_hex(body)
+        envelope = sign_envelope(self._private_key, self.key_id, RECEIPT_TYPE, body)
+        return envelope, sha256_hex(body)
 
 
 def public_key_pem(key: Ed25519PublicKey) -> str:

@@ -80,15 +80,16 @@ def pae(payload_type: str, body: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(body), body)
 
 
-def sign_envelope(private_key: Ed25519PrivateKey, payload_type: str, body: bytes) -> dict:
-    """A DSSE envelope over ``body`` with one Ed25519 signature."""
+def sign_envelope(
+    private_key: Ed25519PrivateKey, keyid: str, payload_type: str, body: bytes
+) -> dict:
+    """A DSSE envelope over ``body`` with one Ed25519 signature; ``keyid`` is the key's
+    ``key_id``, which a caller signing many envelopes computes once."""
     signature = private_key.sign(pae(payload_type, body))
     return {
         "payloadType": payload_type,
         "payload": base64.b64encode(body).decode(),
-        "signatures": [
-            {"keyid": key_id(private_key.public_key()), "sig": base64.b64encode(signature).decode()}
-        ],
+        "signatures": [{"keyid": keyid, "sig": base64.b64encode(signature).decode()}],
     }
 
 

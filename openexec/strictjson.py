@@ -20,7 +20,13 @@ def parse_json(raw: bytes) -> Any:
     integers within ±(2**53-1) and no lone surrogates, so canonical hashing can never fail later."""
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        value = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_int=_safe_integer,
+            parse_float=_finite_number,
+            object_pairs_hook=_unique_keys,
+        )
     except UnicodeDecodeError:
         raise BadJson("the body is not UTF-8") from None
     except RecursionError:
@@ -29,12 +35,29 @@ def parse_json(raw: bytes) -> Any:
         raise
     except ValueError as exc:
         raise BadJson(f"malformed JSON: {exc}") from None
-    _check_bounds(value)
+    # UTF-8 cannot encode a lone surrogate, so only a \u escape can write one; and nothing
+    # nests deeper than its text has brackets. Most bodies need no second look.
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_depth_and_text(value)
     return value
 
 
 def _reject_constant(name: str) -> None:
     raise BadJson(f"{name} is not valid JSON")
+
+
+def _safe_integer(digits: str) -> int:
+    value = int(digits)
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise BadJson("integers must lie within ±(2**53-1)")
+    return value
+
+
+def _finite_number(digits: str) -> float:
+    value = float(digits)
+    if not math.isfinite(value):
+        raise BadJson("numbers must be finite (1e400 overflows)")
+    return value
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -44,7 +67,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _check_bounds(value: Any) -> None:
+def _check_depth_and_text(value: Any) -> None:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -58,10 +81,6 @@ def _check_bounds(value: Any) -> None:
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, str):
             _check_text(item)
-        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_SAFE_INTEGER:
-            raise BadJson("integers must lie within ±(2**53-1)")
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise BadJson("numbers must be finite (1e400 overflows)")
 
 
 def _check_text(text: str) -> None:
