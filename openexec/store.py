@@ -470,13 +470,13 @@ def _resolve(settled: list[tuple[asyncio.Future[int], int | Exception]]) -> None
 
 class Checkpointer:
     """Copies SQLite's write-ahead log into the database file from its own thread, at most
-    ten times a second while there are commits. Left to itself, SQLite checkpoints inside the
+    five times a second while there are commits. Left to itself, SQLite checkpoints inside the
     commit that crosses 1,000 WAL pages, and every request waiting on that batch waits for it
     too. A PASSIVE checkpoint never blocks the writer or the readers, but its fsync shares the
     disk with theirs: in a store of a million rows, checkpoints a second apart copied up to
     20,000 pages each, and commits beside them waited up to 117 ms (bench/README.md)."""
 
-    INTERVAL_S = 0.1
+    INTERVAL_S = 0.2
 
     def __init__(self, checkout: Any) -> None:
         self._checkout = checkout
