@@ -321,8 +321,8 @@ def mint_v2(
         "nbf": nbf,
         "exp": issued + ttl_s,
     }
-    signer = key_id(private_key.public_key())
-    return sign_envelope(private_key, signer, APPROVAL_V2_TYPE, canonical_json(claims))
+    keyid = key_id(private_key.public_key())
+    return sign_envelope(private_key, keyid, APPROVAL_V2_TYPE, canonical_json(claims))
 
 
 def _v1_signed_bytes(fields: dict) -> bytes:

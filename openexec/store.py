@@ -281,7 +281,8 @@ class Store:
         """Run a query. On SQLite a few threads (in the service, the event loop's) keep a
         connection of their own, since a pool checkout and return cost more than the query; it
         is never inside a transaction between reads. Other threads, and PostgreSQL, use the
-        pool. Written without context managers: this is the request path's one query."""
+        pool. The kept connection's path, the request path's one query, is written without
+        context managers."""
         connection = getattr(self._readers, "connection", None)
         if self.kind == "sqlite" and (connection is None or not connection.is_valid):
             connection = self._readers.connection = self._keep_reader(connection)
