@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
-import queue
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -149,10 +149,9 @@ class Compiled:
 class Store:
     """The only code that talks to the database.
 
-    Reads run in the caller's thread. Writes go to one writer thread per process, which
-    commits whatever is queued in a single transaction: one durable commit serves many
+    Reads run in the caller's thread. Writes are submitted from one event loop at a time and
+    committed in batches by a ``GroupCommitWriter``: one durable commit serves many
     executions, and the process's threads never contend for the database's write lock.
-    Writes are awaited from an event loop.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -172,7 +171,7 @@ class Store:
         self._checkpointer = Checkpointer(self._checkout) if self.kind == "sqlite" else None
         self._writer = GroupCommitWriter(
             self._checkout,
-            begin_immediately=self.kind == "sqlite",
+            connect=self._connect if self.kind == "sqlite" else None,
             lock=_open_write_lock(settings),
             after_commit=self._checkpointer.poke if self._checkpointer else None,
         )
@@ -341,97 +340,174 @@ _Write = tuple[Compiled, dict[str, Any], asyncio.Future[int]]
 
 
 class GroupCommitWriter:
-    """Applies writes in one thread, committing everything queued together (group commit).
+    """Commits an event loop's writes in batches: whatever is submitted while one batch
+    commits goes into the next transaction together (group commit).
 
     Each write resolves its future with its row count once the commit is durable, or with
     StoreUnavailable (or the driver's error for a refused value) when the database did not
-    take it: then nothing of it happened. A batch's futures are resolved with one wake-up of
-    their event loop, and the thread makes as few calls that release the GIL as it can: each
-    costs a wait for the event loop's thread to hand the GIL back.
+    take it: then nothing of it happened. Batches form on the event loop, one at a time, and
+    the commit, which waits for the disk, runs in the writer's one thread.
 
-    On SQLite, the writers of several worker processes take a ``ProcessWriteLock`` before
-    SQLite's own write lock, which they then never wait for.
+    On SQLite the event loop runs a batch's statements itself, on a connection the writer
+    keeps, and hands the thread only the commit. The statements take microseconds, while a
+    thread that ran them would need the GIL back after each call into the driver, and the
+    event loop pays for every such hand-off. Nothing there waits: the workers' lock
+    (``ProcessWriteLock``, taken before SQLite's own) is tried on a timer, and SQLite's write
+    lock held by another process, or any failing statement, sends the whole batch to the
+    thread, which waits there or applies the writes one by one. That is also how PostgreSQL,
+    whose statements wait on the network, always runs.
     """
 
     MAX_BATCH = 256
 
     def __init__(
         self,
-        checkout: Any,
-        begin_immediately: bool,
+        checkout: Callable[[], contextlib.AbstractContextManager[Any]],
+        connect: Callable[[], Any] | None,
         lock: ProcessWriteLock | None,
         after_commit: Callable[[], None] | None,
     ) -> None:
         self._checkout = checkout
-        self._begin_immediately = begin_immediately  # SQLite: take the write lock up front
+        self._connect = connect  # SQLite: opens the connection the event loop keeps
         self._lock = lock
         self._after_commit = after_commit
-        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="openexec-store-writer")
+        self._pending: list[_Write] = []
+        self._flushing = False  # a batch is committing, or the next one is scheduled
+        self._kept: Any = None
         self._closed = False
 
     def submit(self, statement: Compiled, params: dict[str, Any]) -> asyncio.Future[int]:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        with self._start_lock:
-            if self._closed:
-                raise StoreUnavailable("the store is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="openexec-store-writer", daemon=True
-                )
-                self._thread.start()
-        self._queue.put((statement, params, future))
+        """Queue a write from the event loop's thread; batches start on that loop."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.append((statement, params, future))
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)  # writes submitted in this turn of the loop join it
         return future
 
     def close(self) -> None:
-        with self._start_lock:
-            self._closed = True
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+        """Wait for the batch being committed; writes submitted after this are refused."""
+        self._closed = True
+        self._thread.shutdown(wait=True)
+        if self._kept is not None:
+            with contextlib.suppress(Exception):
+                self._kept.close()
+            self._kept = None
         if self._lock is not None:
             self._lock.close()
 
-    def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch, last = [first], False
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    last = True
-                    break
-                batch.append(item)
-            try:
-                outcomes = self._commit(batch)
-            except BaseException as exc:  # a bug: fail this batch, never the thread
-                log.exception("the store writer failed a batch of %d writes", len(batch))
-                outcomes = [StoreUnavailable(f"the store writer failed: {exc!r}")] * len(batch)
-            _settle(batch, outcomes)
-            if last:
-                return
+    def _flush(self) -> None:
+        """Start the next batch (on the event loop)."""
+        batch = self._pending[: self.MAX_BATCH]
+        del self._pending[: self.MAX_BATCH]
+        if not batch:
+            self._flushing = False
+            return
+        try:
+            self._start(batch)
+        except Exception as exc:  # a bug: fail this batch, never the writer
+            log.exception("the store writer failed a batch of %d writes", len(batch))
+            self._discard_kept()
+            self._settle(
+                batch, [StoreUnavailable(f"the store writer failed: {exc!r}")] * len(batch)
+            )
 
-    def _commit(self, batch: list[_Write]) -> list[int | Exception]:
-        if self._lock is None:
-            return self._apply(batch)
+    def _start(self, batch: list[_Write]) -> None:
+        if self._closed:
+            self._settle(batch, [StoreUnavailable("the store is closed")] * len(batch))
+            return
         try:
-            self._lock.acquire()
-        except StoreUnavailable as exc:
-            return [exc] * len(batch)
+            if self._lock is not None and not self._lock.try_acquire():
+                self._pending[:0] = batch  # try again soon, with whatever joined meanwhile
+                asyncio.get_running_loop().call_later(self._lock.POLL_S, self._flush)
+                return
+            counts = self._run_on_loop(batch) if self._connect is not None else None
+        except StoreUnavailable as exc:  # no connection, or the lock never came: fail at once
+            self._settle(batch, [exc] * len(batch))
+            return
+        if counts is None:
+            work = functools.partial(self._apply, batch)
+        else:
+            work = functools.partial(self._commit_kept, counts)
+        done = asyncio.get_running_loop().run_in_executor(self._thread, work)
+        done.add_done_callback(functools.partial(self._committed, batch))
+
+    def _run_on_loop(self, batch: list[_Write]) -> list[int | Exception] | None:
+        """The batch's row counts, its statements run in a transaction on the kept connection
+        and left to commit; or None to leave the whole batch to the thread."""
+        if self._kept is None:
+            self._kept = self._keep_connection()
         try:
-            return self._apply(batch)
-        finally:
-            self._lock.release_unless(busy=not self._queue.empty())
+            cursor = self._kept.cursor()
+            cursor.execute("BEGIN IMMEDIATE")  # fails at once if SQLite's write lock is taken
+            return [sql.run(cursor, params).rowcount for sql, params, _ in batch]
+        except Exception:  # a refused value, a busy database, a disk error: the thread decides
+            self._discard_kept()
+            return None
+
+    def _keep_connection(self) -> Any:
+        connection = self._connect()
+        connection.detach()  # its own from now on: closing it closes it
+        try:
+            connection.cursor().execute("PRAGMA busy_timeout=0")  # never wait on the loop
+        except Exception as exc:
+            connection.close()
+            raise StoreUnavailable(_first_line(exc)) from exc
+        return connection
+
+    def _discard_kept(self) -> None:
+        """Close the kept connection, which rolls back whatever it had begun."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            with contextlib.suppress(Exception):
+                kept.close()
+
+    def _committed(self, batch: list[_Write], done: asyncio.Future[list[int | Exception]]) -> None:
+        """Resolve a committed batch and start the next (on the event loop)."""
+        if (error := done.exception()) is not None:  # a bug in the thread
+            log.error("the store writer failed a batch of %d writes", len(batch), exc_info=error)
+            self._discard_kept()
+            failure = StoreUnavailable(f"the store writer failed: {error!r}")
+            outcomes: list[int | Exception] = [failure] * len(batch)
+        else:
+            outcomes = done.result()
+        self._settle(batch, outcomes)
+
+    def _settle(self, batch: list[_Write], outcomes: list[int | Exception]) -> None:
+        if self._lock is not None:
+            self._lock.release_unless(busy=bool(self._pending))
+        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # cancelled: the caller stopped waiting
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        self._flush()
+
+    # In the writer's thread.
+
+    def _commit_kept(self, counts: list[int | Exception]) -> list[int | Exception]:
+        """Commit what the event loop ran on the kept connection."""
+        try:
+            self._kept.commit()
+        except Exception as exc:  # the disk or the database failed: nothing was committed
+            log.warning("the store writer's commit failed: %s", _first_line(exc))
+            self._discard_kept()
+            return [StoreUnavailable(_first_line(exc))] * len(counts)
+        self._committed_hook()
+        return counts
 
     def _apply(self, batch: list[_Write]) -> list[int | Exception]:
         """Row counts, or for a write the database did not take, the reason."""
         try:
             with self._checkout() as connection:
                 cursor = connection.cursor()
-                if self._begin_immediately:
+                if self._connect is not None:  # SQLite: take the write lock up front
                     cursor.execute("BEGIN IMMEDIATE")
                 counts = [sql.run(cursor, params).rowcount for sql, params, _ in batch]
                 connection.commit()
@@ -441,32 +517,15 @@ class GroupCommitWriter:
             if len(batch) > 1:  # apply them one by one, so one bad write fails only itself
                 return [self._apply([write])[0] for write in batch]
             return [exc]
+        self._committed_hook()
+        return counts
+
+    def _committed_hook(self) -> None:
         if self._after_commit is not None:
             try:
                 self._after_commit()
             except Exception:  # the batch is committed whatever happens here
                 log.exception("after a commit")
-        return counts
-
-
-def _settle(batch: list[_Write], outcomes: list[int | Exception]) -> None:
-    """Resolve each event loop's futures of a batch in one callback on that loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
-    for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-        by_loop[future.get_loop()].append((future, outcome))
-    for loop, settled in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-            loop.call_soon_threadsafe(_resolve, settled)
-
-
-def _resolve(settled: list[tuple[asyncio.Future[int], int | Exception]]) -> None:
-    for future, outcome in settled:
-        if future.done():  # cancelled: the caller stopped waiting
-            continue
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
 
 
 class Checkpointer:
@@ -521,61 +580,99 @@ class Checkpointer:
 
 
 class ProcessWriteLock:
-    """An exclusive ``flock`` the writers of all worker processes queue on (SQLite).
+    """An exclusive ``flock`` the writers of all worker processes take turns on (SQLite).
 
-    SQLite's busy handler makes a writer that finds the database locked sleep, backing off to
-    100 ms at a time; a writer polls this lock every millisecond instead, for up to
-    ``LOCK_WAIT_S`` (then the batch fails with StoreUnavailable, as SQLite's busy timeout would).
-    It is kept from one batch to the next while writes are queued, since each take and release
-    costs the writer thread a hand-off of the GIL, and given up when the queue runs dry or
-    after ``HOLD_S``, so that the other workers' writers get their turns.
+    Taken before SQLite's own write lock, which a writer then never waits for. It is never
+    waited for either: the writer tries it without blocking and, while another worker holds
+    it, tries again every ``POLL_S`` from its event loop, where SQLite's busy handler would
+    sleep up to 100 ms at a time. After ``LOCK_WAIT_S`` (SQLite's busy timeout) the batch fails
+    with StoreUnavailable. The lock is kept from one batch to the next while writes are queued
+    and given up when the queue runs dry or after ``HOLD_S``.
+
+    A writer that has to wait says so with a shared ``flock`` on a second file. A writer that
+    lets the lock go while another waits does not take it again until the waiting ones have
+    had it: otherwise it takes the lock back microseconds after letting it go, and the others'
+    tries hardly ever find it free.
     """
 
     HOLD_S = 0.01
     POLL_S = 0.001
 
-    def __init__(self, path: Path) -> None:
-        self._descriptor = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    def __init__(self, path: Path, waiting_path: Path) -> None:
+        self._descriptor = _open_private(path)
+        self._waiting = _open_private(waiting_path)
         self._held_since: float | None = None
+        self._wanted_since: float | None = None  # since when tries have failed
+        self._marked_waiting = False
+        self._yielding = False  # let the lock go while others waited: they go first
 
-    def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free and not owed to a waiting writer; True if this process
+        holds it. Raises StoreUnavailable once tries have failed for ``LOCK_WAIT_S``."""
         if self._held_since is not None:
-            return
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(self._descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreUnavailable(
-                        f"another worker held the write lock for {LOCK_WAIT_S:g} s"
-                    ) from None
-                time.sleep(self.POLL_S)
-        self._held_since = time.monotonic()
+            return True
+        now = time.monotonic()
+        if self._yielding:
+            self._yielding = self._others_waiting()
+        if not self._yielding and _flock(self._descriptor, fcntl.LOCK_EX):
+            self._held_since, self._wanted_since = now, None
+            if self._marked_waiting:
+                fcntl.flock(self._waiting, fcntl.LOCK_UN)
+                self._marked_waiting = False
+            return True
+        if self._wanted_since is None:
+            self._wanted_since = now
+        elif now - self._wanted_since > LOCK_WAIT_S:
+            self._wanted_since = None
+            raise StoreUnavailable(f"another worker held the write lock for {LOCK_WAIT_S:g} s")
+        if not self._yielding and not self._marked_waiting:
+            self._marked_waiting = _flock(self._waiting, fcntl.LOCK_SH)
+        return False
 
     def release_unless(self, busy: bool) -> None:
         held_since = self._held_since
         if held_since is not None and (not busy or time.monotonic() - held_since > self.HOLD_S):
             fcntl.flock(self._descriptor, fcntl.LOCK_UN)
             self._held_since = None
+            self._yielding = self._others_waiting()
 
     def close(self) -> None:
-        os.close(self._descriptor)  # releases the lock too
+        os.close(self._descriptor)  # releases the locks too
+        os.close(self._waiting)
+
+    def _others_waiting(self) -> bool:
+        if not _flock(self._waiting, fcntl.LOCK_EX):
+            return True
+        fcntl.flock(self._waiting, fcntl.LOCK_UN)
+        return False
+
+
+def _flock(descriptor: int, operation: int) -> bool:
+    """Take a ``flock`` without waiting; False if another process holds a conflicting one."""
+    try:
+        fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _open_private(path: Path) -> int:
+    return os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
 
 
 def _open_write_lock(settings: Settings) -> ProcessWriteLock | None:
-    """The SQLite workers' lock file beside the database; opened at startup, so that one this
+    """The SQLite workers' lock files beside the database; opened at startup, so that one this
     process cannot use stops the service with a clear message instead of failing writes."""
     path = settings.sqlite_path
     if path is None:
         return None
     lock_path = path.with_name(path.name + "-writer-lock")
     try:
-        return ProcessWriteLock(lock_path)
+        return ProcessWriteLock(lock_path, path.with_name(path.name + "-writer-wait"))
     except OSError as exc:
         raise ConfigError(
-            "OPENEXEC_DB_URL", f"cannot open the workers' lock file {lock_path}: {exc.strerror}"
+            "OPENEXEC_DB_URL",
+            f"cannot open the workers' lock file {exc.filename or lock_path}: {exc.strerror}",
         ) from None
 
 
