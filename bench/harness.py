@@ -61,6 +61,7 @@ class Bench:
     use_postgres: bool
     approver: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     ceiling_rps: dict[int, float] = field(default_factory=dict)
+    beside: tuple[Server, Path] | None = None  # the running ceiling and its bodies, if kept
     _postgres: Postgres | None = None
     _scenarios: int = 0
 
@@ -127,11 +128,15 @@ class Bench:
         return self.drive(server, bodies, self.load.warmup_s, mode)
 
     def measure(self, server: Server, files: Sequence[Path], mode: str) -> Measurement:
-        """One round per file (``mode`` "once") or ``rounds`` rounds over one file."""
-        rounds = files if mode == "once" else [files[0]] * self.load.rounds
-        return Measurement(
-            tuple(self.drive(server, path, self.load.round_s, mode) for path in rounds)
-        )
+        """One round per file (``mode`` "once") or ``rounds`` rounds over one file; each after
+        a round of the kept ceiling, when there is one."""
+        results, ceiling_results = [], []
+        for path in files if mode == "once" else [files[0]] * self.load.rounds:
+            if self.beside is not None:
+                ceiling, bodies = self.beside
+                ceiling_results.append(self.drive(ceiling, bodies, self.load.round_s, "cycle"))
+            results.append(self.drive(server, path, self.load.round_s, mode))
+        return Measurement(tuple(results), tuple(ceiling_results))
 
     def slack(self, wrk_runs: int) -> int:
         """Rows a store may hold beyond the answers wrk counted: each run that ends abandons

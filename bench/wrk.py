@@ -31,9 +31,18 @@ class WrkResult:
 @dataclass(frozen=True)
 class Measurement:
     """Several wrk rounds summarised by their medians: on this 2-core machine one round's
-    throughput can swing by a third, the median of three much less."""
+    throughput can swing by a third, the median of three much less. ``ceiling_rounds``, when
+    present, are the ceiling's rounds, each run just before the round of the same index."""
 
     rounds: tuple[WrkResult, ...]
+    ceiling_rounds: tuple[WrkResult, ...] = ()
+
+    def against_ceiling(self, attribute: str) -> float:
+        """The median over rounds of this round's figure over the ceiling's just before it.
+        The machine's speed drifts by a third within minutes; two adjacent rounds share it,
+        a scenario and a ceiling measured minutes apart do not."""
+        pairs = zip(self.rounds, self.ceiling_rounds, strict=True)
+        return median(getattr(own, attribute) / getattr(other, attribute) for own, other in pairs)
 
     @property
     def requests(self) -> int:
