@@ -351,9 +351,9 @@ class GroupCommitWriter:
     On SQLite the event loop runs a batch's statements itself, on a connection the writer
     keeps, and hands the thread only the commit. The statements take microseconds, while a
     thread that ran them would need the GIL back after each call into the driver, and the
-    event loop pays for every such hand-off. Nothing there waits: the workers' lock
-    (``ProcessWriteLock``, taken before SQLite's own) is tried on a timer, and SQLite's write
-    lock held by another process, or any failing statement, sends the whole batch to the
+    event loop pays for every such hand-off. The loop never waits for a lock: the workers'
+    lock (``ProcessWriteLock``, taken before SQLite's own) is tried on a timer, and SQLite's
+    write lock held by another process, or any failing statement, sends the whole batch to the
     thread, which waits there or applies the writes one by one. That is also how PostgreSQL,
     whose statements wait on the network, always runs.
     """
@@ -372,6 +372,7 @@ class GroupCommitWriter:
         self._lock = lock
         self._after_commit = after_commit
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="openexec-store-writer")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[_Write] = []
         self._flushing = False  # a batch is committing, or the next one is scheduled
         self._kept: Any = None
@@ -382,12 +383,28 @@ class GroupCommitWriter:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
         future: asyncio.Future[int] = loop.create_future()
         self._pending.append((statement, params, future))
         if not self._flushing:
             self._flushing = True
             loop.call_soon(self._flush)  # writes submitted in this turn of the loop join it
         return future
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Writes come from one event loop at a time (a server has one; tests run several one
+        after another). A loop that closed mid-batch left its batch to nobody: wait for the
+        thread to finish it, then start afresh, without the lock."""
+        if self._flushing:
+            if self._loop is not None and not self._loop.is_closed():
+                raise StoreUnavailable("the store's writes belong to another event loop")
+            self._thread.submit(int).result()  # whatever the closed loop left in the thread
+            self._pending, self._flushing = [], False
+            self._discard_kept()
+            if self._lock is not None:
+                self._lock.release_unless(busy=False)
+        self._loop = loop
 
     def close(self) -> None:
         """Wait for the batch being committed; writes submitted after this are refused."""
@@ -446,7 +463,10 @@ class GroupCommitWriter:
             cursor.execute("BEGIN IMMEDIATE")  # fails at once if SQLite's write lock is taken
             return [sql.run(cursor, params).rowcount for sql, params, _ in batch]
         except Exception:  # a refused value, a busy database, a disk error: the thread decides
-            self._discard_kept()
+            try:
+                self._kept.rollback()
+            except Exception:  # a broken connection: the next batch opens another
+                self._discard_kept()
             return None
 
     def _keep_connection(self) -> Any:
@@ -478,8 +498,6 @@ class GroupCommitWriter:
         self._settle(batch, outcomes)
 
     def _settle(self, batch: list[_Write], outcomes: list[int | Exception]) -> None:
-        if self._lock is not None:
-            self._lock.release_unless(busy=bool(self._pending))
         for (_, _, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():  # cancelled: the caller stopped waiting
                 continue
@@ -487,6 +505,11 @@ class GroupCommitWriter:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+        if self._lock is not None and not self._closed:
+            try:
+                self._lock.release_unless(busy=bool(self._pending))
+            except OSError:  # closing the lock file releases the lock anyway
+                log.exception("releasing the workers' write lock")
         self._flush()
 
     # In the writer's thread.
@@ -589,10 +612,10 @@ class ProcessWriteLock:
     with StoreUnavailable. The lock is kept from one batch to the next while writes are queued
     and given up when the queue runs dry or after ``HOLD_S``.
 
-    A writer that has to wait says so with a shared ``flock`` on a second file. A writer that
-    lets the lock go while another waits does not take it again until the waiting ones have
-    had it: otherwise it takes the lock back microseconds after letting it go, and the others'
-    tries hardly ever find it free.
+    A writer that has to wait says so with a shared ``flock`` on a second file, until it has
+    the lock or gives up. A writer that lets the lock go while another is marked waiting does
+    not take it again while any writer is: otherwise it takes the lock back microseconds after
+    letting it go, and the others' tries hardly ever find it free.
     """
 
     HOLD_S = 0.01
@@ -616,14 +639,13 @@ class ProcessWriteLock:
             self._yielding = self._others_waiting()
         if not self._yielding and _flock(self._descriptor, fcntl.LOCK_EX):
             self._held_since, self._wanted_since = now, None
-            if self._marked_waiting:
-                fcntl.flock(self._waiting, fcntl.LOCK_UN)
-                self._marked_waiting = False
+            self._unmark_waiting()
             return True
         if self._wanted_since is None:
             self._wanted_since = now
         elif now - self._wanted_since > LOCK_WAIT_S:
             self._wanted_since = None
+            self._unmark_waiting()  # giving up: nobody should yield to this writer now
             raise StoreUnavailable(f"another worker held the write lock for {LOCK_WAIT_S:g} s")
         if not self._yielding and not self._marked_waiting:
             self._marked_waiting = _flock(self._waiting, fcntl.LOCK_SH)
@@ -637,8 +659,16 @@ class ProcessWriteLock:
             self._yielding = self._others_waiting()
 
     def close(self) -> None:
-        os.close(self._descriptor)  # releases the locks too
+        """Closing the files releases both locks; a batch that finishes later finds nothing
+        held, and no descriptor of another file under the old numbers."""
+        self._held_since, self._marked_waiting = None, False
+        os.close(self._descriptor)
         os.close(self._waiting)
+
+    def _unmark_waiting(self) -> None:
+        if self._marked_waiting:
+            fcntl.flock(self._waiting, fcntl.LOCK_UN)
+            self._marked_waiting = False
 
     def _others_waiting(self) -> bool:
         if not _flock(self._waiting, fcntl.LOCK_EX):

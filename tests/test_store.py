@@ -127,22 +127,22 @@ def test_a_batch_that_finds_the_write_lock_taken_waits_without_blocking_the_loop
     holder = os.open(tmp_path / "store.db-writer-lock", os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)  # as another worker's writer would
 
-    async def wait_for_the_lock() -> tuple[int, int]:
+    async def wait_for_the_lock() -> int:
         pending = store.reserve(row(1))
         loop = asyncio.get_running_loop()
-        deadline, turns = loop.time() + 30, 0
+        deadline = loop.time() + 30
+        # This coroutine sees the mark only if the loop goes on while the writer waits: a
+        # writer that blocked the loop would have failed the write after LOCK_WAIT_S.
         while not waiting_is_marked(tmp_path) and loop.time() < deadline:
-            await asyncio.sleep(0)  # the loop runs other work meanwhile
-            turns += 1
+            await asyncio.sleep(0)
         assert waiting_is_marked(tmp_path) and not pending.done()
         fcntl.flock(holder, fcntl.LOCK_UN)
-        return await pending, turns
+        return await pending
 
     try:
-        written, turns = asyncio.run(wait_for_the_lock())
+        assert asyncio.run(wait_for_the_lock()) == 1
     finally:
         os.close(holder)
-    assert written == 1 and turns > 0
     assert not waiting_is_marked(tmp_path)  # the mark went once the lock was taken
 
 
@@ -156,6 +156,57 @@ def waiting_is_marked(tmp_path: Path) -> bool:
         return True
     finally:
         os.close(probe)
+
+
+def test_another_process_holding_sqlites_write_lock_never_blocks_the_loop(store, tmp_path):
+    """A writer that takes no flock (another program, the sqlite3 shell) holds SQLite's own
+    write lock: the loop's BEGIN IMMEDIATE fails at once (its connection has no busy timeout),
+    the batch goes to the writer's thread, which waits with SQLite's busy timeout, and the
+    write lands once the other transaction commits."""
+    writer = store._writer
+    in_thread = threading.Event()
+    apply = writer._apply
+
+    def observed(batch):
+        in_thread.set()
+        return apply(batch)
+
+    writer._apply = observed
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+
+    def commit_once_the_thread_waits() -> None:
+        in_thread.wait(30)
+        other.execute("COMMIT")
+
+    committer = threading.Thread(target=commit_once_the_thread_waits)
+    committer.start()
+    try:
+        assert reserve_rows(store, [row(1)]) == [1]
+    finally:
+        committer.join(60)
+        other.close()
+    assert in_thread.is_set()
+    assert store.lookup(None, "nonce-1", None)[0]["id"] == "exec-1"
+
+
+def test_only_the_event_loops_write_connection_has_no_busy_timeout(store):
+    assert reserve_rows(store, [row(1)]) == [1]
+    kept = store._writer._kept.cursor().execute("PRAGMA busy_timeout").fetchone()[0]
+    with store.engine.connect() as pooled:
+        pooled_timeout = pooled.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    assert (kept, pooled_timeout) == (0, 30000)
+
+
+def test_a_loop_that_closed_mid_batch_leaves_the_writer_working(store):
+    async def leave_a_write_behind() -> None:
+        store.reserve(row(1))  # never awaited: the loop closes with the batch in flight
+
+    async def write_again() -> int:
+        return await asyncio.wait_for(store.reserve(row(2)), timeout=30)  # not wedged
+
+    asyncio.run(leave_a_write_behind())
+    assert asyncio.run(write_again()) == 1
 
 
 def test_a_busy_writer_lets_a_waiting_worker_have_the_lock(tmp_path):
@@ -235,6 +286,7 @@ def test_a_worker_holding_the_write_lock_too_long_makes_writes_unavailable(
         fcntl.flock(descriptor, fcntl.LOCK_EX)  # as a stuck worker would
         with pytest.raises(StoreUnavailable, match="held the write lock"):
             reserve_rows(store, [row(1)])
+        assert not waiting_is_marked(tmp_path)  # or the other workers would yield to it
     finally:
         os.close(descriptor)
     assert reserve_rows(store, [row(1)]) == [1]  # nothing of it happened
