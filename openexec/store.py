@@ -429,13 +429,11 @@ class GroupCommitWriter:
         except Exception as exc:  # a bug: fail this batch, never the writer
             log.exception("the store writer failed a batch of %d writes", len(batch))
             self._discard_kept()
-            self._settle(
-                batch, [StoreUnavailable(f"the store writer failed: {exc!r}")] * len(batch)
-            )
+            self._fail_all(batch, StoreUnavailable(f"the store writer failed: {exc!r}"))
 
     def _start(self, batch: list[_Write]) -> None:
         if self._closed:
-            self._settle(batch, [StoreUnavailable("the store is closed")] * len(batch))
+            self._fail_all(batch, StoreUnavailable("the store is closed"))
             return
         try:
             if self._lock is not None and not self._lock.try_acquire():
@@ -444,7 +442,7 @@ class GroupCommitWriter:
                 return
             counts = self._run_on_loop(batch) if self._connect is not None else None
         except StoreUnavailable as exc:  # no connection, or the lock never came: fail at once
-            self._settle(batch, [exc] * len(batch))
+            self._fail_all(batch, exc)
             return
         if counts is None:
             work = functools.partial(self._apply, batch)
@@ -458,10 +456,8 @@ class GroupCommitWriter:
         and left to commit; or None to leave the whole batch to the thread."""
         if self._kept is None:
             self._kept = self._keep_connection()
-        try:
-            cursor = self._kept.cursor()
-            cursor.execute("BEGIN IMMEDIATE")  # fails at once if SQLite's write lock is taken
-            return [sql.run(cursor, params).rowcount for sql, params, _ in batch]
+        try:  # BEGIN IMMEDIATE fails at once if SQLite's write lock is taken
+            return _run_batch(self._kept.cursor(), batch, begin_immediately=True)
         except Exception:  # a refused value, a busy database, a disk error: the thread decides
             try:
                 self._kept.rollback()
@@ -497,6 +493,9 @@ class GroupCommitWriter:
             outcomes = done.result()
         self._settle(batch, outcomes)
 
+    def _fail_all(self, batch: list[_Write], exc: Exception) -> None:
+        self._settle(batch, [exc] * len(batch))
+
     def _settle(self, batch: list[_Write], outcomes: list[int | Exception]) -> None:
         for (_, _, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():  # cancelled: the caller stopped waiting
@@ -529,10 +528,8 @@ class GroupCommitWriter:
         """Row counts, or for a write the database did not take, the reason."""
         try:
             with self._checkout() as connection:
-                cursor = connection.cursor()
-                if self._connect is not None:  # SQLite: take the write lock up front
-                    cursor.execute("BEGIN IMMEDIATE")
-                counts = [sql.run(cursor, params).rowcount for sql, params, _ in batch]
+                sqlite = self._connect is not None
+                counts = _run_batch(connection.cursor(), batch, begin_immediately=sqlite)
                 connection.commit()
         except StoreUnavailable as exc:  # an outage: the whole batch failed, at once
             return [exc] * len(batch)
@@ -549,6 +546,13 @@ class GroupCommitWriter:
                 self._after_commit()
             except Exception:  # the batch is committed whatever happens here
                 log.exception("after a commit")
+
+
+def _run_batch(cursor: Any, batch: list[_Write], begin_immediately: bool) -> list[int | Exception]:
+    """Each write's row count, run in one transaction; SQLite takes its write lock up front."""
+    if begin_immediately:
+        cursor.execute("BEGIN IMMEDIATE")
+    return [sql.run(cursor, params).rowcount for sql, params, _ in batch]
 
 
 class Checkpointer:
