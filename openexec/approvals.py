@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from openexec.signing import (
     EnvelopeError,
     canonical_json,
+    canonical_json_of_text,
     key_id,
     open_envelope,
     sha256_hex,
@@ -59,6 +60,8 @@ FORMAT_V2 = "openexec-v2"
 MAX_ID_LENGTH = 255
 MAX_UNIX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 
+# Python's json.dumps(sort_keys=True, separators=(",", ":")), ASCII escapes included; made once.
+V1_BINDING_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 V1_SIGNED_FIELDS = ("approval_id", "tenant_id", "action_hash", "issued_at", "expires_at")
 V1_FIELDS = frozenset({*V1_SIGNED_FIELDS, "signature"})
 V2_ENVELOPE_FIELDS = frozenset({"payloadType", "payload", "signatures"})
@@ -117,6 +120,7 @@ class ApprovalVerifier:
         clock_skew_s: float,
     ) -> None:
         self.keys = tuple(keys)
+        self._key_ids = tuple(key_id(key) for key in self.keys)  # named in every Approval
         self.tenant_id = tenant_id
         self.service_id = service_id
         self.clock_skew = timedelta(seconds=clock_skew_s)
@@ -184,7 +188,7 @@ class ApprovalVerifier:
             message = _v1_signed_bytes(artifact)
         except UnicodeEncodeError:
             raise _malformed("The v1 approval fields are not valid Unicode text.") from None
-        verified_by = self._verifying_key(signature, message)
+        verified_by = self._verifying_key_id(signature, message)
         if artifact["action_hash"] != _v1_binding_hash(action, payload):
             raise ApprovalError(
                 "approval_hash_mismatch",
@@ -194,21 +198,22 @@ class ApprovalVerifier:
             approval_id=approval_id,
             tenant_id=tenant_id or None,
             format=FORMAT_V1,
-            sha256=_artifact_sha256(artifact),
-            key_id=key_id(verified_by),
+            sha256=sha256_hex(canonical_json_of_text(artifact)),  # six checked strings
+            key_id=verified_by,
             not_before=not_before,
             expires_at=expires_at,
             nonce=None,
         )
 
-    def _verifying_key(self, signature: bytes, message: bytes) -> Ed25519PublicKey:
-        """The first configured key that verifies ``signature`` (several allow key rotation)."""
-        for key in self.keys:
+    def _verifying_key_id(self, signature: bytes, message: bytes) -> str:
+        """The id of the first configured key that verifies ``signature`` (several allow key
+        rotation)."""
+        for key, kid in zip(self.keys, self._key_ids, strict=True):
             try:
                 key.verify(signature, message)
             except InvalidSignature:
                 continue
-            return key
+            return kid
         raise ApprovalError(
             "approval_invalid_signature",
             "Invalid signature: no configured approver key verifies this approval.",
@@ -258,7 +263,9 @@ class ApprovalVerifier:
             tenant_id=claims["tenant_id"],
             format=FORMAT_V2,
             sha256=_artifact_sha256(envelope),
-            key_id=key_id(verified_by),
+            key_id=next(
+                kid for key, kid in zip(self.keys, self._key_ids, strict=True) if key is verified_by
+            ),
             not_before=_from_unix(claims["iat"] if claims["nbf"] is None else claims["nbf"]),
             expires_at=_from_unix(claims["exp"]),
             nonce=claims["nonce"],
@@ -333,9 +340,7 @@ def _v1_signed_bytes(fields: dict) -> bytes:
 def _v1_binding_hash(action: str, payload: dict) -> str:
     """SPEC 5 v1 ``action_hash``: exactly Python's default ``json.dumps`` with sorted keys."""
     try:
-        text = json.dumps(
-            {"action": action, "payload": payload}, sort_keys=True, separators=(",", ":")
-        )
+        text = V1_BINDING_JSON.encode({"action": action, "payload": payload})
     except (TypeError, ValueError, RecursionError):
         raise ApprovalError(
             "approval_hash_mismatch", "Action hash mismatch: the payload cannot be hashed."

@@ -27,6 +27,7 @@ from openexec.settings import ConfigError, Settings
 from openexec.signing import (
     EnvelopeError,
     canonical_json,
+    canonical_json_of_text,
     key_id,
     open_envelope,
     sha256_hex,
@@ -69,7 +70,7 @@ class ReceiptSigner:
             "predicateType": PREDICATE_TYPE,
             "predicate": predicate,
         }
-        body = canonical_json(statement)
+        body = canonical_json_of_text(statement)  # the predicate holds no numbers
         envelope = sign_envelope(self._private_key, self.key_id, RECEIPT_TYPE, body)
         return envelope, sha256_hex(body)
 

@@ -16,6 +16,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from openexec.strictjson import MAX_SAFE_INTEGER
 
 FIRST_ASTRAL = "\U00010000"
+# Made once: json.dumps with options builds a new encoder on every call.
+SORTED_COMPACT = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def canonical_json(value: Any) -> bytes:
@@ -28,13 +31,25 @@ def canonical_json(value: Any) -> bytes:
     checked on the written text, in one pass in C: no character beyond the BMP, no such key.
     """
     if _only_strings_and_safe_integers(value):
-        text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        text = SORTED_COMPACT.encode(value)
         if text.isascii() or max(text) < FIRST_ASTRAL:
             try:
                 return text.encode()
             except UnicodeEncodeError as exc:  # a lone surrogate: not representable, as rfc8785
                 raise ValueError("input contains non-UTF-8 codepoints") from exc
     return rfc8785.dumps(value)
+
+
+def canonical_json_of_text(value: dict[str, Any]) -> bytes:
+    """RFC 8785 bytes of an object the caller built from strings, nulls, booleans, lists and
+    objects with ASCII keys, and no numbers: the service's own statements and records. The
+    json module writes exactly JCS for those (see ``canonical_json``), so the walk that
+    looks for numbers is skipped. A lone surrogate fails here as in ``canonical_json``."""
+    text = SORTED_COMPACT.encode(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError("input contains non-UTF-8 codepoints") from exc
 
 
 def _only_strings_and_safe_integers(value: Any) -> bool:

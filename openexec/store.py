@@ -711,8 +711,11 @@ def _open_write_lock(settings: Settings) -> ProcessWriteLock | None:
 
 
 def _dicts(cursor: Any) -> list[StoredExecution]:
+    rows = cursor.fetchall()
+    if not rows:  # most lookups: a new nonce; the description is 23 tuples built on demand
+        return []
     names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def _insert_if_absent(kind: str) -> Any:

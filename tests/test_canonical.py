@@ -1,4 +1,4 @@
-"""The canonical JSON fast path writes exactly what rfc8785 writes, or defers to it."""
+"""The canonical JSON fast paths write exactly what rfc8785 writes, or defer to it or refuse."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openexec.signing import canonical_json
+from openexec.signing import canonical_json, canonical_json_of_text
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 keys = st.one_of(text, st.sampled_from(["a", "b", "é", "\U0001f600", "\ufb01", "\U00010000x", ""]))
@@ -17,6 +17,16 @@ scalars = st.one_of(
     st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
     text,
+)
+# What the service builds itself and writes with canonical_json_of_text: receipt statements
+# and v1 artifacts, strings and nulls under ASCII keys, any text in the values.
+ascii_keys = st.text(st.characters(max_codepoint=127), max_size=8)
+text_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), text),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5), st.dictionaries(ascii_keys, children, max_size=5)
+    ),
+    max_leaves=40,
 )
 values = st.recursive(
     scalars,
@@ -52,3 +62,14 @@ def test_known_tricky_values(value):
 def test_values_jcs_cannot_represent_are_refused(value):
     with pytest.raises(ValueError):
         canonical_json(value)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.dictionaries(ascii_keys, text_values, max_size=8))
+def test_canonical_json_of_text_is_rfc8785(value):
+    assert canonical_json_of_text(value) == rfc8785.dumps(value)
+
+
+def test_canonical_json_of_text_refuses_a_lone_surrogate():
+    with pytest.raises(ValueError):
+        canonical_json_of_text({"error": {"message": "bad \ud800"}})
