@@ -287,3 +287,38 @@ def test_one_approval_backs_one_execution_across_workers(tmp_path, approver):
         "approval_already_used"
     }
     assert len((tmp_path / "files" / "journal.txt").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("look_first", [False, True], ids=["reserve first", "look first"])
+def test_the_order_of_reserving_and_looking_changes_no_answer(
+    shield, approver, look_first, monkeypatch
+):
+    """The engine reserves a new request before looking it up, or looks first while most
+    requests are retries (TakenRate); every answer is the same either way."""
+    shield.app.state.engine._taken.mostly = look_first
+    artifact = approver.v1("probe.bump", {"note": "a"}, ttl_s=60)
+    first = run(shield, "probe.bump", {"note": "a"}, "n1", artifact)
+    assert first.status_code == 200 and first.json()["replayed"] is False
+    again = run(shield, "probe.bump", {"note": "a"}, "n1", artifact)
+    assert again.status_code == 200 and again.json() == {**first.json(), "replayed": True}
+    other = run(shield, "probe.bump", {"note": "b"}, "n1", approver.v1("probe.bump", {"note": "b"}))
+    assert other.status_code == 422 and other.json()["code"] == "nonce_reused"
+    refused(run(shield, "probe.bump", {"note": "a"}, "n2", artifact), "approval_already_used")
+    later = datetime.now(UTC) + timedelta(days=1)
+    monkeypatch.setattr(engine_module, "utc_now", lambda: later)
+    expired = run(shield, "probe.bump", {"note": "a"}, "n1", artifact)
+    assert expired.status_code == 200 and expired.json() == again.json()
+    refused(run(shield, "probe.bump", {"note": "a"}, "n3", artifact), "approval_expired")
+    assert len(journal(shield)) == 1 and len(stored_rows(shield)) == 1
+
+
+def test_taken_rate_looks_first_while_most_requests_are_retries():
+    rate = engine_module.TakenRate()
+    for _ in range(rate.WINDOW - 1):
+        rate.note(True)
+    assert rate.mostly is False  # decided once per window
+    rate.note(True)
+    assert rate.mostly is True
+    for taken in [True] * (rate.WINDOW // 2) + [False] * (rate.WINDOW // 2):
+        rate.note(taken)
+    assert rate.mostly is False  # half is not most
