@@ -67,6 +67,8 @@ class ActionError(Exception):
     def __init__(self, code: str, message: str) -> None:
         if not ERROR_CODE.match(code):
             raise ValueError(f"ActionError code {code!r} must be a short snake_case word")
+        if not isinstance(message, str):  # it is signed into the receipt as text
+            raise TypeError(f"ActionError message must be a string, not {type(message).__name__}")
         super().__init__(message)
         self.code = code
         self.message = message

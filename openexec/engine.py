@@ -114,12 +114,17 @@ class Engine:
         # looking first gives; a new request saves a read. While most requests are retries,
         # looking first is the cheaper order, and the engine takes it.
         payload = None if self._taken.mostly else self._reservable(registered, request, approval)
+        unwritable = False
         if payload is not None:
             execution = self._new_execution(request, registered, approval, request_hash)
-            reserved = await self._write(self.store.reserve(execution))
-            self._taken.note(not reserved)
-            if reserved:
-                return await asyncio.shield(self._run(execution, registered, payload))
+            try:
+                reserved = await self.store.reserve(execution)
+            except StoreUnavailable:  # a store that still reads may hold the answer (a replay)
+                payload, unwritable = None, True
+            else:
+                self._taken.note(not reserved)
+                if reserved:
+                    return await asyncio.shield(self._run(execution, registered, payload))
         for attempt in range(3):  # a refused reservation goes back to the lookup (step 3)
             existing, approval_used = await self._read(
                 self.store.lookup, tenant, request.nonce, approval_id
@@ -128,6 +133,8 @@ class Engine:
                 self._taken.note(existing is not None or approval_used)
             if existing is not None:
                 return await self._answer_existing(existing, request_hash, approval)
+            if unwritable:  # new, and the store just failed a write: no second wait for it
+                raise Problem(503, "storage_unavailable", STORE_DOWN)
             if approval is not None:
                 self._check_approval_usable(approval, approval_used)
             payload = self._validate_payload(registered, request.payload)
@@ -222,7 +229,7 @@ class Engine:
             if approval is not None:
                 self._check_approval_usable(approval, used=False)
             return self._validate_payload(registered, request.payload)
-        except Problem:
+        except Exception:  # the lookup path decides, and raises it again for a new request
             return None
 
     def _validate_payload(self, registered: RegisteredAction, payload: dict[str, Any]) -> Any:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
+import openexec_echo
 import pytest
+from sqlalchemy import event
 
 from openexec.signing import canonical_json, sha256_hex
-from tests.conftest import execute, journal, reserve_rows, running_row, stored_rows
+from tests.conftest import (
+    PROBE,
+    execute,
+    journal,
+    reserve_rows,
+    running_row,
+    settings_of,
+    stored_rows,
+)
 from tests.support import probe_pack
 
 
@@ -214,3 +225,32 @@ def test_refused_requests_consume_nothing(client):
 def test_nonces_are_independent(client):
     ids = {execute(client, "probe.bump", {}, nonce=f"n-{i}").json()["id"] for i in range(5)}
     assert len(ids) == 5 and len(journal(client)) == 5
+
+
+def test_a_store_that_reads_but_cannot_write_still_answers_retries(openexec_client):
+    """The engine reserves a new request before looking it up. When that write fails (another
+    program holds SQLite's write lock), a request the store can answer from what it holds gets
+    that answer, as it would had the engine looked first; a new one gets 503 after one wait."""
+    client = openexec_client(openexec_echo, PROBE)
+    store = client.app.state.engine.store
+
+    @event.listens_for(store.engine, "connect")
+    def short_busy_timeout(dbapi_connection, _record):  # the service waits 30 s
+        dbapi_connection.execute("PRAGMA busy_timeout=200")
+
+    store.engine.dispose()
+    first = execute(client, "echo", {"x": 1}, nonce="held")
+    assert first.status_code == 200
+    other = sqlite3.connect(settings_of(client).sqlite_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        again = execute(client, "echo", {"x": 1}, nonce="held")
+        assert again.status_code == 200 and again.json() == {**first.json(), "replayed": True}
+        reused = execute(client, "echo", {"x": 2}, nonce="held")
+        assert reused.status_code == 422 and reused.json()["code"] == "nonce_reused"
+        new = execute(client, "echo", {"x": 1}, nonce="fresh")
+        assert new.status_code == 503 and new.json()["code"] == "storage_unavailable"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert [row["nonce"] for row in stored_rows(client)] == ["held"]

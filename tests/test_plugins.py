@@ -10,6 +10,7 @@ from pathlib import Path
 import openexec_echo
 import pytest
 
+from openexec import ActionError
 from openexec.plugins import InProcessPlugin, PluginError, load_registry
 from openexec.settings import ConfigError, Settings
 from tests.conftest import PROBE
@@ -263,3 +264,11 @@ def test_each_app_has_its_own_plugin_set(openexec_client):
     both = openexec_client(openexec_echo, PROBE)
     assert {a["name"] for a in only_echo.get("/actions").json()} == {"echo", "add"}
     assert "probe.bump" in {a["name"] for a in both.get("/actions").json()}
+
+
+@pytest.mark.parametrize("message", [1e16, None, {"why": "x"}])
+def test_an_action_error_message_must_be_text(message):
+    """It is signed into the receipt, whose statement is written as text (no numbers)."""
+    with pytest.raises(TypeError, match="message must be a string"):
+        ActionError("refused", message)
+    assert ActionError("refused", "a sentence").message == "a sentence"
