@@ -33,10 +33,7 @@ def canonical_json(value: Any) -> bytes:
     if _only_strings_and_safe_integers(value):
         text = SORTED_COMPACT.encode(value)
         if text.isascii() or max(text) < FIRST_ASTRAL:
-            try:
-                return text.encode()
-            except UnicodeEncodeError as exc:  # a lone surrogate: not representable, as rfc8785
-                raise ValueError("input contains non-UTF-8 codepoints") from exc
+            return _utf8(text)
     return rfc8785.dumps(value)
 
 
@@ -45,10 +42,13 @@ def canonical_json_of_text(value: dict[str, Any]) -> bytes:
     objects with ASCII keys, and no numbers: the service's own statements and records. The
     json module writes exactly JCS for those (see ``canonical_json``), so the walk that
     looks for numbers is skipped. A lone surrogate fails here as in ``canonical_json``."""
-    text = SORTED_COMPACT.encode(value)
+    return _utf8(SORTED_COMPACT.encode(value))
+
+
+def _utf8(text: str) -> bytes:
     try:
         return text.encode()
-    except UnicodeEncodeError as exc:
+    except UnicodeEncodeError as exc:  # a lone surrogate: not representable, as rfc8785
         raise ValueError("input contains non-UTF-8 codepoints") from exc
 
 
