@@ -239,14 +239,19 @@ def test_every_tampered_v1_artifact_is_refused_and_nothing_runs(shield, approver
     assert run(shield, "probe.bump", {"note": "t"}, "genuine", artifact).status_code == 200
 
 
+def altered(text: str) -> str:
+    """The text with its first character changed, always to a different one."""
+    return ("B" if text[0] == "A" else "A") + text[1:]
+
+
 def test_every_tampered_v2_envelope_is_refused_and_nothing_runs(shield, approver):
     envelope = approver.v2("probe.bump", {"note": "t"})
     variants = []
     for field in ("payloadType", "payload"):
-        variants.append({**envelope, field: envelope[field][:-2] + "AA"})
+        variants.append({**envelope, field: altered(envelope[field])})
         variants.append({k: v for k, v in envelope.items() if k != field})
     broken = copy.deepcopy(envelope)
-    broken["signatures"][0]["sig"] = "A" + broken["signatures"][0]["sig"][1:]
+    broken["signatures"][0]["sig"] = altered(broken["signatures"][0]["sig"])
     variants += [broken, {**envelope, "signatures": []}]
     for number, variant in enumerate(variants):
         response = run(shield, "probe.bump", {"note": "t"}, f"v2-tamper-{number}", variant)
