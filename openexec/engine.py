@@ -416,12 +416,8 @@ class Engine:
         return None
 
     async def _read(self, method: Any, *args: Any) -> Any:
-        """A store read. On SQLite it runs right here: a point query on a local WAL file (where
-        readers never wait for the writer) costs less than a hop to a worker thread and back."""
         try:
-            if self.store.kind == "sqlite":
-                return method(*args)
-            return await to_thread.run_sync(method, *args)
+            return await self.store.read(method, *args)
         except StoreUnavailable:
             raise Problem(503, "storage_unavailable", STORE_DOWN) from None
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -46,6 +46,7 @@ from sqlmodel import Field, SQLModel
 from openexec.settings import ConfigError, Settings
 
 log = logging.getLogger("openexec.store")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 SCHEMA_LOCK = 0x6F70656E65786563  # pg_advisory_xact_lock key: "openexec"
@@ -149,8 +150,8 @@ class Compiled:
 class Store:
     """The only code that talks to the database.
 
-    Reads run in the caller's thread. Writes are submitted from one event loop at a time and
-    committed in batches by a ``GroupCommitWriter``: one durable commit serves many
+    Reads run where they cost least (``read``). Writes are submitted from one event loop at a
+    time and committed in batches by a ``GroupCommitWriter``: one durable commit serves many
     executions, and the process's threads never contend for the database's write lock.
     """
 
@@ -162,6 +163,12 @@ class Store:
         self._readers = threading.local()
         self._kept: list[Any] = []  # the readers' connections, closed by dispose()
         self._kept_lock = threading.Lock()
+        self._kept_limit = KEPT_READERS if self.kind == "sqlite" else settings.db_pool_size
+        self._reader_threads = (
+            ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="openexec-store-reader")
+            if self.kind == "postgresql"
+            else None
+        )
         self._closed = False
         self._lookup = Compiled(LOOKUP, self.engine)
         self._get = Compiled(GET, self.engine)
@@ -224,6 +231,19 @@ class Store:
         with self._checkout() as connection:
             connection.cursor().execute("SELECT 1").fetchall()
 
+    async def read(self, query: Callable[..., T], *args: Any) -> T:
+        """Run a read method (``lookup``, ``get``) for the event loop. On SQLite it runs right
+        here: a point query on a local WAL file (where readers never wait for the writer) costs
+        less than a hop to a worker thread and back. PostgreSQL's wait on the network, so they
+        run on the store's reader threads, one per pooled connection, each keeping its own."""
+        if self._reader_threads is None:
+            return query(*args)
+        try:
+            reading = asyncio.get_running_loop().run_in_executor(self._reader_threads, query, *args)
+        except RuntimeError as exc:  # the threads were shut down
+            raise StoreUnavailable("the store is closed") from exc
+        return await reading
+
     def lookup(
         self, tenant: str | None, nonce: str, approval_id: str | None
     ) -> tuple[StoredExecution | None, bool]:
@@ -258,11 +278,13 @@ class Store:
         self._writer.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
+        if self._reader_threads is not None:
+            self._reader_threads.shutdown(wait=True)
         with self._kept_lock:
             self._closed = True
-            for connection in self._kept:
+            for connection in self._kept:  # discarded, never pooled again: they autocommit
                 with contextlib.suppress(Exception):
-                    connection.close()
+                    connection.invalidate()
             self._kept.clear()
         self.engine.dispose()
 
@@ -277,29 +299,38 @@ class Store:
             connection.close()
 
     def _read(self, statement: Compiled, params: dict[str, Any]) -> list[StoredExecution]:
-        """Run a query. On SQLite a few threads (in the service, the event loop's) keep a
-        connection of their own, since a pool checkout and return cost more than the query; it
-        is never inside a transaction between reads. Other threads, and PostgreSQL, use the
-        pool. The kept connection's path, the request path's one query, is written without
-        context managers."""
-        connection = getattr(self._readers, "connection", None)
-        if self.kind == "sqlite" and (connection is None or not connection.is_valid):
-            connection = self._readers.connection = self._keep_reader(connection)
-        if connection is None:
-            with self._checkout() as pooled:
-                return _dicts(statement.run(pooled.cursor(), params))
-        try:
-            return _dicts(statement.run(connection.cursor(), params))
-        except self._errors.any as exc:
-            self._fail(connection, exc)
+        """Run a query. A few threads keep a connection of their own (in the service, the
+        event loop's on SQLite, the reader threads on PostgreSQL), since a pool checkout costs
+        more than the query: on PostgreSQL a ping, a transaction and its rollback, each a round
+        trip. A kept connection is never inside a transaction between reads (PostgreSQL's
+        autocommit). Other threads use the pool. One that PostgreSQL dropped (a restart) is
+        replaced once, as a read changes nothing. The kept path, the request path's one query,
+        is written without context managers."""
+        retry = self.kind == "postgresql"
+        while True:
+            connection = getattr(self._readers, "connection", None)
+            if connection is None or not connection.is_valid:
+                connection = self._readers.connection = self._keep_reader(connection)
+            if connection is None:
+                with self._checkout() as pooled:
+                    return _dicts(statement.run(pooled.cursor(), params))
+            try:
+                return _dicts(statement.run(connection.cursor(), params))
+            except self._errors.any as exc:
+                if not retry or isinstance(exc, self._errors.refused):
+                    self._fail(connection, exc)
+                connection.invalidate()
+                retry = False
 
     def _keep_reader(self, broken: Any) -> Any:
         with self._kept_lock:
             if broken in self._kept:  # invalidated by an error, or closed by dispose()
                 self._kept.remove(broken)
-            if self._closed or len(self._kept) >= KEPT_READERS:
+            if self._closed or len(self._kept) >= self._kept_limit:
                 return None
             connection = self._connect()
+            if self.kind == "postgresql":
+                connection.driver_connection.autocommit = True
             self._kept.append(connection)
             return connection
 

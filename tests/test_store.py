@@ -1,5 +1,5 @@
-"""The store's SQLite machinery: checkpoints off the request path, the workers' write lock,
-the writer thread's failure paths, kept read connections."""
+"""The store's machinery: SQLite's checkpoints off the request path, the workers' write lock,
+the writer thread's failure paths, kept read connections; PostgreSQL's reader threads."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import openexec.store as store_module
@@ -314,3 +315,72 @@ def test_only_a_few_threads_keep_a_read_connection(store):
     assert reserve_rows(store, [row(1)]) == [1]  # the pool still serves the writer
     store.dispose()
     assert store.lookup(None, "nonce-1", None)[0]["id"] == "exec-1"  # read after dispose: pool
+
+
+# --- PostgreSQL's reader threads ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_store(postgres_database):
+    url = postgres_database()
+    store = Store(Settings(db_url=url, db_pool_size=2))
+    store.prepare()
+    yield store, url.replace("postgresql+psycopg://", "postgresql://")
+    store.dispose()
+
+
+def sessions(url: str) -> list[tuple[int, str]]:
+    """The other sessions on the store's database: (process id, state)."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        return connection.execute(
+            "SELECT pid, state FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+
+
+def read_all(store: Store, count: int) -> list[tuple[int, tuple]]:
+    """``count`` lookups at once from an event loop, of nonce-0, nonce-1, nonce-2, nonce-0, ...:
+    each answer with the thread that read it."""
+
+    def lookup(nonce: str) -> tuple[int, tuple]:
+        return threading.get_ident(), store.lookup(None, nonce, None)
+
+    async def read() -> list[tuple[int, tuple]]:
+        lookups = (store.read(lookup, f"nonce-{n % 3}") for n in range(count))
+        return list(await asyncio.gather(*lookups))
+
+    return asyncio.run(read())
+
+
+def test_postgres_reads_run_on_as_many_threads_as_the_pool_keeps_each_out_of_transactions(
+    pg_store,
+):
+    store, url = pg_store
+    assert reserve_rows(store, [row(1)]) == [1]
+    threads, found = zip(*read_all(store, 40), strict=True)
+    assert [holder["id"] if holder else None for holder, _ in found[:3]] == [None, "exec-1", None]
+    assert len(set(threads)) <= 2 and threading.get_ident() not in threads  # db_pool_size
+    assert len(store._kept) <= 2  # one connection per reader thread, kept
+    assert len(sessions(url)) <= 2 * 2
+    assert {state for _, state in sessions(url)} == {"idle"}  # autocommit: no snapshot held
+
+
+def test_a_postgres_reader_whose_connection_was_dropped_reads_again(pg_store):
+    store, url = pg_store
+    assert reserve_rows(store, [row(1)]) == [1]
+    read_all(store, 10)
+    with psycopg.connect(url, autocommit=True) as connection:  # as a server restart would
+        ended = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert len(ended) >= 2  # the two reader threads' connections at least
+    found = [holder for _, (holder, _) in read_all(store, 6)]
+    assert [holder["id"] for holder in found[1::3]] == ["exec-1", "exec-1"]
+
+
+def test_postgres_reads_after_dispose_are_refused_as_an_outage(pg_store):
+    store, _ = pg_store
+    store.dispose()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        read_all(store, 1)
