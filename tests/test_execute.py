@@ -104,17 +104,16 @@ def test_a_result_that_is_not_a_json_object_fails_the_execution(client, action):
 
 
 def test_sync_handler_over_its_time_limit_is_timed_out_and_late_outcome_logged(client, caplog):
-    started = time.monotonic()
-    body = execute(client, "probe.sleep_sync", {"seconds": 1.5}, nonce="slow").json()
-    assert time.monotonic() - started < 1.4  # answered at the 0.5 s limit, not after the sleep
+    body = execute(client, "probe.sleep_sync", {"seconds": 3}, nonce="slow").json()
+    assert journal(client) == []  # answered at the 0.5 s limit, while the handler still sleeps
     assert body["status"] == "timed_out" and body["error"]["code"] == "timed_out"
     assert body["result"] is None
     # The overrunning thread still finishes; its late outcome is logged, never silently lost.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while "finished later" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (
-        'was recorded timed_out; its handler finished later and returned {"slept": 1.5}'
+        'was recorded timed_out; its handler finished later and returned {"slept": 3.0}'
         in caplog.text
     )
     assert stored_rows(client)[0]["status"] == "timed_out"
@@ -130,11 +129,10 @@ def test_base_exceptions_from_handlers_are_recorded_failures(client, action):
 
 
 def test_async_handler_ignoring_cancellation_is_still_timed_out(client, caplog):
-    started = time.monotonic()
-    body = execute(client, "probe.stubborn", {"seconds": 1.0}, nonce="stubborn").json()
-    assert time.monotonic() - started < 0.9  # answered at the 0.3 s limit
+    body = execute(client, "probe.stubborn", {"seconds": 2}, nonce="stubborn").json()
+    assert journal(client) == []  # answered at the 0.3 s limit, while the handler still sleeps
     assert body["status"] == "timed_out"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while "finished later" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.05)
     assert 'finished later and returned {"stubborn": true}' in caplog.text

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.processes import free_port
+from tests.support.processes import clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,12 +26,8 @@ def test_walkthrough_takes_under_ten_commands_and_verifies_a_receipt(tmp_path):
     assert len(commands) < 10
     port = str(free_port())
     bin_dir = str(Path(sys.executable).parent)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OPENEXEC_", "CLAWSHIELD_"))
-    }
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", PYTHONPATH=str(ROOT))
+    env = clean_environment(PYTHONPATH=str(ROOT))
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
     process = subprocess.Popen(
         ["bash", "-euo", "pipefail", "-c", script.replace("5000", port)],
         cwd=tmp_path,

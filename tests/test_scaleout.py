@@ -6,6 +6,7 @@ Every test here starts real uvicorn processes against the real PostgreSQL server
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import threading
@@ -129,7 +130,8 @@ def test_two_instances_keep_exactly_once_and_single_use(deployment, approver):
 
 
 def test_killed_instance_leaves_an_indeterminate_execution_that_never_reruns(deployment):
-    short_lease = {"OPENEXEC_ACTION_TIMEOUT_S": "3", "OPENEXEC_LEASE_GRACE_S": "1"}
+    # Long enough that the kill always lands before the time limit could record an outcome.
+    short_lease = {"OPENEXEC_ACTION_TIMEOUT_S": "10", "OPENEXEC_LEASE_GRACE_S": "1"}
     doomed = deployment(workers=1, **short_lease)
     survivor = deployment(workers=1, **short_lease)
     body = {"action": "probe.bump", "payload": {"note": "doomed", "hold_s": 30}, "nonce": "crash-1"}
@@ -192,21 +194,26 @@ def pg_ctl(command: str) -> None:
 def test_database_outage_refuses_work_and_recovers_without_restart(deployment):
     instance = deployment(workers=1)
     responses: dict[str, httpx.Response] = {}
+    failures: list[Exception] = []
     stop = threading.Event()
 
     def traffic() -> None:
         with httpx.Client(timeout=60) as client:
-            for i in range(20_000):
+            for i in itertools.count():
                 if stop.is_set():
                     return
                 nonce = f"flow-{i}"
                 body = {"action": "probe.bump", "payload": {"note": nonce}, "nonce": nonce}
-                responses[nonce] = client.post(f"{instance.url}/execute", json=body)
+                try:
+                    responses[nonce] = client.post(f"{instance.url}/execute", json=body)
+                except httpx.HTTPError as exc:  # the service must answer, outage or not
+                    failures.append(exc)
+                    return
 
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
-        wait_for(lambda: len(responses) >= 20, what="traffic to flow")
+        wait_for(lambda: failures or len(responses) >= 20, what="traffic to flow")
         pg_ctl("stop")
         try:
             wait_for(
@@ -217,7 +224,7 @@ def test_database_outage_refuses_work_and_recovers_without_restart(deployment):
             refused = httpx.post(f"{instance.url}/execute", json=body, timeout=30)
             assert refused.status_code == 503 and refused.json()["code"] == "storage_unavailable"
             wait_for(
-                lambda: any(r.status_code == 503 for r in list(responses.values())),
+                lambda: failures or any(r.status_code == 503 for r in list(responses.values())),
                 what="the flowing traffic to meet the outage",
             )
             served_before = len(responses)
@@ -229,10 +236,11 @@ def test_database_outage_refuses_work_and_recovers_without_restart(deployment):
             for n, r in list(responses.items())
             if int(n.split("-")[1]) >= served_before and r.status_code == 200
         )
-        wait_for(lambda: recovered() >= 20, what="executions to succeed again")
+        wait_for(lambda: failures or recovered() >= 20, what="executions to succeed again")
     finally:
         stop.set()
         sender.join()
+    assert failures == []
 
     stored = {row["nonce"]: row for row in rows(deployment.env["OPENEXEC_DB_URL"])}
     ran = {line.split()[1] for line in journal(deployment.env)}

@@ -92,6 +92,8 @@ def register_actions(settings: Settings) -> list[Action]:
             await asyncio.sleep(payload.seconds)
         except asyncio.CancelledError:
             await asyncio.sleep(payload.seconds)
+        with journal.open("a") as handle:
+            handle.write(f"{ctx.exec_id} stubborn\n")
         return {"stubborn": True}
 
     async def context(payload: Empty, ctx: Context) -> dict[str, Any]:

@@ -15,19 +15,48 @@ import httpx2 as httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class ServerExited(RuntimeError):
+    """The server process ended before it answered /ready."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+def clean_environment(**settings: str) -> dict[str, str]:
+    """This process's environment without any OpenExec setting it may carry, plus ``settings``:
+    a server under test is configured by its test alone."""
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPENEXEC_", "CLAWSHIELD_"))
+    }
+    return {**inherited, **settings}
+
+
 class Uvicorn:
-    """A uvicorn process serving ``target``; ``stop`` ends it, ``kill`` ends it with SIGKILL."""
+    """A uvicorn process serving ``target``; ``stop`` ends it, ``kill`` ends it with SIGKILL.
+
+    A free port is found by binding port 0 and letting it go, so another process can take it
+    before uvicorn binds it; a server that exits before it is ready is started again on another
+    port, twice at most."""
 
     def __init__(self, target: str, env: dict[str, str], workers: int = 1, log: Path | None = None):
+        self._log = open(log or os.devnull, "ab")  # noqa: SIM115 - closed in stop()
+        for attempt in range(3):
+            self._start(target, env, workers)
+            try:
+                self._wait_ready()
+                return
+            except ServerExited:
+                if attempt == 2:
+                    raise
+
+    def _start(self, target: str, env: dict[str, str], workers: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log or os.devnull, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -44,19 +73,18 @@ class Uvicorn:
                 "warning",
             ],
             cwd=ROOT,
-            env={**os.environ, **env},
+            env=clean_environment(**env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30) -> None:
         """Poll /ready until the server answers; fail if the process exits or time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}")
+                raise ServerExited(f"uvicorn exited with {self.process.returncode}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
                     return
