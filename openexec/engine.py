@@ -416,6 +416,7 @@ class Engine:
         return None
 
     async def _read(self, method: Any, *args: Any) -> Any:
+        """A store read (``Store.read`` picks its thread); an outage answers 503."""
         try:
             return await self.store.read(method, *args)
         except StoreUnavailable:
