@@ -163,6 +163,7 @@ class Store:
         self._readers = threading.local()
         self._kept: list[Any] = []  # the readers' connections, closed by dispose()
         self._kept_lock = threading.Lock()
+        self._connecting = 0  # readers opening a connection to keep, outside the lock
         self._kept_limit = KEPT_READERS if self.kind == "sqlite" else settings.db_pool_size
         self._reader_threads = (
             ThreadPoolExecutor(settings.db_pool_size, thread_name_prefix="openexec-store-reader")
@@ -279,12 +280,13 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.close()
         if self._reader_threads is not None:
-            self._reader_threads.shutdown(wait=True)
+            self._reader_threads.shutdown(wait=True, cancel_futures=True)
         with self._kept_lock:
             self._closed = True
             for connection in self._kept:  # discarded, never pooled again: they autocommit
-                with contextlib.suppress(Exception):
-                    connection.invalidate()
+                if connection.is_valid:  # not already discarded after an error
+                    with contextlib.suppress(Exception):
+                        connection.invalidate()
             self._kept.clear()
         self.engine.dispose()
 
@@ -299,13 +301,14 @@ class Store:
             connection.close()
 
     def _read(self, statement: Compiled, params: dict[str, Any]) -> list[StoredExecution]:
-        """Run a query. A few threads keep a connection of their own (in the service, the
-        event loop's on SQLite, the reader threads on PostgreSQL), since a pool checkout costs
-        more than the query: on PostgreSQL a ping, a transaction and its rollback, each a round
-        trip. A kept connection is never inside a transaction between reads (PostgreSQL's
-        autocommit). Other threads use the pool. One that PostgreSQL dropped (a restart) is
-        replaced once, as a read changes nothing. The kept path, the request path's one query,
-        is written without context managers."""
+        """Run a query. The first few threads to read keep a connection of their own (in the
+        service, the event loop on SQLite, the reader threads on PostgreSQL), since a pool
+        checkout costs more than the query: on PostgreSQL a ping, a transaction and its
+        rollback, each a round trip. A kept connection is never inside a transaction between
+        reads (PostgreSQL's autocommit). Other threads use the pool. A connection PostgreSQL
+        dropped (a restart) is replaced once, as a read changes nothing; any other error is
+        not retried. The kept path, the request path's one query, is written without context
+        managers."""
         retry = self.kind == "postgresql"
         while True:
             connection = getattr(self._readers, "connection", None)
@@ -317,22 +320,45 @@ class Store:
             try:
                 return _dicts(statement.run(connection.cursor(), params))
             except self._errors.any as exc:
-                if not retry or isinstance(exc, self._errors.refused):
+                dropped = self.engine.dialect.is_disconnect(exc, connection.dbapi_connection, None)
+                if not (retry and dropped):
                     self._fail(connection, exc)
                 connection.invalidate()
                 retry = False
 
     def _keep_reader(self, broken: Any) -> Any:
+        """A connection for this thread to keep, or None when enough threads keep one. It is
+        opened outside the lock: in an outage, readers must not wait out each other's connect
+        timeouts."""
         with self._kept_lock:
-            if broken in self._kept:  # invalidated by an error, or closed by dispose()
+            if broken in self._kept:  # invalidated by an error, or by dispose()
                 self._kept.remove(broken)
-            if self._closed or len(self._kept) >= self._kept_limit:
+            if self._closed or len(self._kept) + self._connecting >= self._kept_limit:
                 return None
-            connection = self._connect()
-            if self.kind == "postgresql":
+            self._connecting += 1
+        try:
+            connection = self._open_reader()
+        except BaseException:
+            with self._kept_lock:
+                self._connecting -= 1
+            raise
+        with self._kept_lock:
+            self._connecting -= 1
+            if not self._closed:
+                self._kept.append(connection)
+                return connection
+        connection.invalidate()  # dispose() came first
+        return None
+
+    def _open_reader(self) -> Any:
+        connection = self._connect()
+        if self.kind == "postgresql":
+            try:
                 connection.driver_connection.autocommit = True
-            self._kept.append(connection)
-            return connection
+            except self._errors.any as exc:
+                connection.invalidate()  # never back in the pool half set up
+                raise StoreUnavailable(_first_line(exc)) from exc
+        return connection
 
     def _connect(self) -> Any:
         try:

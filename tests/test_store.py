@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import event
 
 import openexec.store as store_module
 from openexec.settings import ConfigError, Settings
@@ -360,9 +361,12 @@ def test_postgres_reads_run_on_as_many_threads_as_the_pool_keeps_each_out_of_tra
     threads, found = zip(*read_all(store, 40), strict=True)
     assert [holder["id"] if holder else None for holder, _ in found[:3]] == [None, "exec-1", None]
     assert len(set(threads)) <= 2 and threading.get_ident() not in threads  # db_pool_size
-    assert len(store._kept) <= 2  # one connection per reader thread, kept
-    assert len(sessions(url)) <= 2 * 2
-    assert {state for _, state in sessions(url)} == {"idle"}  # autocommit: no snapshot held
+    assert len(store._kept) == len(set(threads))  # one connection per reader thread, kept
+    before = sessions(url)
+    assert len(before) <= 2 * 2
+    assert {state for _, state in before} == {"idle"}  # autocommit: no snapshot held
+    read_all(store, 40)
+    assert sessions(url) == before  # the same connections again, none opened or closed
 
 
 def test_a_postgres_reader_whose_connection_was_dropped_reads_again(pg_store):
@@ -374,9 +378,21 @@ def test_a_postgres_reader_whose_connection_was_dropped_reads_again(pg_store):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
-    assert len(ended) >= 2  # the two reader threads' connections at least
+    assert len(ended) >= len(store._kept) >= 1  # the readers' (and any the pool holds)
     found = [holder for _, (holder, _) in read_all(store, 6)]
     assert [holder["id"] for holder in found[1::3]] == ["exec-1", "exec-1"]
+
+
+def test_a_postgres_read_that_fails_on_a_live_connection_is_not_retried(pg_store):
+    store, url = pg_store
+    read_all(store, 1)
+    opened = []
+    event.listen(store.engine, "connect", lambda *_: opened.append(1))
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("ALTER TABLE executions RENAME TO moved")
+    with pytest.raises(StoreUnavailable, match="executions"):
+        read_all(store, 1)
+    assert opened == []  # an error that is not a dropped connection is answered, not retried
 
 
 def test_postgres_reads_after_dispose_are_refused_as_an_outage(pg_store):
