@@ -45,12 +45,14 @@ def mint_bodies(
 ) -> Iterable[str]:
     """``count`` bodies for ``action``, each with a unique nonce and (``approval`` = ``v1`` or
     ``v2``) its own single-use approval; ``approval=None`` for demo mode. ``prefix`` names the
-    batch: it keeps nonces and files.write paths apart from other batches in one database."""
+    batch: it keeps nonces and files.write paths apart from other batches in one database. A
+    nonce begins with random characters, so a batch's nonces spread over the whole index, as
+    clients' random nonces do, rather than gathering at one place in it."""
     make_request = REQUESTS[action]
     for seq in range(count):
         tag = f"{prefix}-{seq}"
         name, payload = make_request(tag)
-        nonce = f"{tag}-{uuid.uuid4().hex[:12]}"
+        nonce = f"{uuid.uuid4().hex[:12]}-{tag}"  # random first, like a real client's
         if approval == "v1":
             artifact = mint_v1(key, name, payload, ttl_s=APPROVAL_TTL_S)
         elif approval == "v2":

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from bench.server import REPO, BenchFailure
+from openexec.engine import execution_id
 from openexec.settings import Settings
 from openexec.store import Store
 
@@ -183,12 +185,18 @@ class Postgres:
 def _seed_rows(
     count: int, template: dict[str, Any], every: int, sampled: list[str]
 ) -> Iterator[tuple[Any, ...]]:
-    """Copies of the template with fresh random keys, so index inserts and lookups are as
-    scattered as real nonces and approval ids make them; every ``every``-th nonce is kept."""
+    """Copies of the template with fresh keys shaped like the service's: ids as the engine makes
+    them, started 10 ms apart up to now; nonces and approval ids random, spread over the same
+    key space as the measured requests' (bench/bodies.py), so a new row's index entries land
+    among the old ones as a real store's do. Every ``every``-th nonce is kept."""
+    first_start = time.time() - count / 100
     for number in range(count):
-        key = str(uuid.uuid4())
-        nonce = f"seed-{key}"
+        nonce = f"{uuid.uuid4().hex[:12]}-seed-{number}"
         if number % every == 0:
             sampled.append(nonce)
-        fresh = {"id": key, "nonce": nonce, "approval_id": f"seed-{key}"}
+        fresh = {
+            "id": execution_id(datetime.fromtimestamp(first_start + number / 100, UTC)),
+            "nonce": nonce,
+            "approval_id": str(uuid.uuid4()),
+        }
         yield tuple(fresh.get(name, value) for name, value in template.items())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 import rfc8785
@@ -12,6 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
+from openexec.engine import execution_id
 from tests.conftest import execute
 
 
@@ -205,3 +208,23 @@ def test_receipt_key_is_created_once_with_mode_0600_and_reused(make_client, tmp_
     from openexec.receipts import load_receipt_signer
 
     assert load_receipt_signer(generated.app.state.engine.settings).key_id == first_id
+
+
+def test_execution_ids_are_uuid7_of_their_start_and_sort_by_it(client):
+    """Time-ordered ids keep a big store's id index writing at its right edge."""
+    bodies = [execute(client, "echo", {"n": n}, nonce=f"id-{n}").json() for n in range(3)]
+    starts = []
+    for body in bodies:
+        exec_id = uuid.UUID(body["id"])
+        assert exec_id.version == 7 and exec_id.variant == uuid.RFC_4122
+        statement = json.loads(base64.b64decode(body["receipt_envelope"]["payload"]))
+        started = datetime.fromisoformat(statement["predicate"]["started_at"])
+        assert int(exec_id.hex[:12], 16) == int(started.timestamp() * 1000)
+        starts.append(exec_id.hex[:12])
+    assert starts == sorted(starts) and len({body["id"] for body in bodies}) == 3
+
+
+def test_execution_ids_started_in_one_millisecond_differ():
+    started = datetime(2026, 11, 24, 1, 2, 3, 456789, tzinfo=UTC)
+    ids = {execution_id(started) for _ in range(1000)}
+    assert len(ids) == 1000 and len({exec_id[:14] for exec_id in ids}) == 1
