@@ -170,13 +170,14 @@ class Store:
             if self.kind == "postgresql"
             else None
         )
-        self._closed = False
+        self._closed = False  # no more kept read connections
+        self._disposed = False
         self._lookup = Compiled(LOOKUP, self.engine)
         self._get = Compiled(GET, self.engine)
         self._reserve = Compiled(_insert_if_absent(self.kind), self.engine, tuple(EMPTY_ROW))
         self._finish = Compiled(FINISH, self.engine, OUTCOME_COLUMNS)
         self._expire = Compiled(EXPIRE, self.engine, OUTCOME_COLUMNS)
-        self._checkpointer = Checkpointer(self._checkout) if self.kind == "sqlite" else None
+        self._checkpointer = _open_checkpointer(settings, self._checkout)
         self._writer = GroupCommitWriter(
             self._checkout,
             connect=self._connect if self.kind == "sqlite" else None,
@@ -276,6 +277,11 @@ class Store:
         return self._writer.submit(self._expire, {"target_id": exec_id, "now": now, **fields})
 
     def dispose(self) -> None:
+        """Close the store; a second call does nothing (its lock files' descriptors are closed
+        once, never a number the process has since given to another file)."""
+        if self._disposed:
+            return
+        self._disposed = True
         self._writer.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
@@ -613,17 +619,28 @@ def _run_batch(cursor: Any, batch: list[_Write], begin_immediately: bool) -> lis
 
 
 class Checkpointer:
-    """Copies SQLite's write-ahead log into the database file from its own thread, at most
-    five times a second while there are commits. Left to itself, SQLite checkpoints inside the
-    commit that crosses 1,000 WAL pages, and every request waiting on that batch waits for it
-    too. A PASSIVE checkpoint never blocks the writer or the readers, but its fsync shares the
-    disk with theirs: in a store of a million rows, checkpoints a second apart copied up to
-    20,000 pages each, and commits beside them waited up to 117 ms (bench/README.md)."""
+    """Copies SQLite's write-ahead log into the database file from its own thread, one
+    database's worth for all its workers. Left to itself, SQLite checkpoints inside the commit
+    that crosses 1,000 WAL pages, and every request waiting on that batch waits for it too. A
+    PASSIVE checkpoint never blocks the writer or the readers, but its fsync shares the disk
+    with theirs. In a big store with random keys each commit's index pages are its own, so a
+    checkpoint's size, and the wait of a commit beside it, grow with the interval: 20 a second
+    kept the tail of a million-row store near an empty one's where 5 a second did not
+    (bench/README.md).
 
-    INTERVAL_S = 0.2
+    One worker checkpoints: the first whose writer commits takes an exclusive ``flock`` on
+    ``<db>-checkpoint-lock`` and keeps it; the others try again after each of their commits,
+    so a dead owner's place is taken at once. The owner checkpoints every ``INTERVAL_S`` while
+    the WAL file changes, whichever worker wrote to it, and after its own commits."""
 
-    def __init__(self, checkout: Any) -> None:
+    INTERVAL_S = 0.05
+
+    def __init__(self, checkout: Any, database: Path) -> None:
         self._checkout = checkout
+        self._wal = database.with_name(database.name + "-wal")
+        self._lock: int | None = _open_private(
+            database.with_name(database.name + "-checkpoint-lock")
+        )
         self._committed = threading.Event()
         self._closing = threading.Event()
         self._progress = threading.Condition()
@@ -634,7 +651,9 @@ class Checkpointer:
 
     def poke(self) -> None:
         """Called by the writer after each commit (from its thread only)."""
-        if self._thread.ident is None and not self._closing.is_set():
+        if self._thread.ident is None:
+            if self._closing.is_set() or not _flock(self._lock, fcntl.LOCK_EX):
+                return  # another worker checkpoints
             self._thread.start()
         self._committed.set()
 
@@ -645,22 +664,35 @@ class Checkpointer:
 
     def close(self) -> None:
         self._closing.set()
-        self._committed.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if self._lock is not None:
+            os.close(self._lock)  # lets another worker's checkpointer take over
+            self._lock = None
 
     def _run(self) -> None:
-        while self._committed.wait() and not self._closing.is_set():
+        seen = None
+        while not self._closing.wait(self.INTERVAL_S):
+            state = self._wal_state()
+            if state == seen and not self._committed.is_set():
+                continue
             self._committed.clear()
+            seen = state
             try:
                 with self._checkout() as connection:
                     connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except Exception:  # the next commit tries again; SQLite's own checkpoint remains
+            except Exception:  # the next round tries again; SQLite's own checkpoint remains
                 log.warning("WAL checkpoint failed", exc_info=True)
             with self._progress:
                 self.runs += 1
                 self._progress.notify_all()
-            self._closing.wait(self.INTERVAL_S)
+
+    def _wal_state(self) -> tuple[int, int] | None:
+        try:
+            stat = self._wal.stat()
+        except OSError:
+            return None
+        return stat.st_size, stat.st_mtime_ns
 
 
 class ProcessWriteLock:
@@ -764,6 +796,20 @@ def _open_write_lock(settings: Settings) -> ProcessWriteLock | None:
         raise ConfigError(
             "OPENEXEC_DB_URL",
             f"cannot open the workers' lock file {exc.filename or lock_path}: {exc.strerror}",
+        ) from None
+
+
+def _open_checkpointer(settings: Settings, checkout: Any) -> Checkpointer | None:
+    """A SQLite file's checkpointer (an in-memory database has no write-ahead log)."""
+    path = settings.sqlite_path
+    if path is None:
+        return None
+    try:
+        return Checkpointer(checkout, path)
+    except OSError as exc:
+        raise ConfigError(
+            "OPENEXEC_DB_URL",
+            f"cannot open the workers' lock file {exc.filename}: {exc.strerror}",
         ) from None
 
 

@@ -38,6 +38,9 @@ def row(number: int) -> dict:
 def rows_in_main_file(path: Path) -> int:
     """Rows in the database file itself: an immutable open never reads the write-ahead log."""
     with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as connection:
+        tables = connection.execute("SELECT name FROM sqlite_master").fetchall()
+        if ("executions",) not in tables:  # the schema itself is still in the WAL only
+            return 0
         return connection.execute("SELECT count(*) FROM executions").fetchone()[0]
 
 
@@ -52,6 +55,35 @@ def test_commits_reach_the_database_file_through_the_background_checkpointer(sto
     checkpointer.poke()  # as the writer does after a commit
     assert checkpointer.wait_for_runs(done + 1, timeout=30)
     assert rows_in_main_file(database) == 40
+
+
+def until_checkpointed(checkpointer, database: Path, rows: int) -> int:
+    """Rows in the database file once it holds ``rows``, checkpoint by checkpoint (bounded)."""
+    for _ in range(200):
+        if rows_in_main_file(database) >= rows:
+            break
+        assert checkpointer.wait_for_runs(checkpointer.runs + 1, timeout=30)
+    return rows_in_main_file(database)
+
+
+def test_one_worker_checkpoints_for_all_and_another_takes_over_when_it_stops(tmp_path):
+    database = tmp_path / "store.db"
+    first, second = (Store(Settings(db_url=f"sqlite:///{database}")) for _ in range(2))
+    first.prepare()
+    try:
+        assert reserve_rows(first, [row(0)]) == [1]  # the first to commit owns checkpointing
+        assert until_checkpointed(first._checkpointer, database, 1) == 1
+        assert reserve_rows(second, [row(n) for n in range(1, 31)]) == [1] * 30
+        assert second._checkpointer._thread.ident is None  # it never started its own
+        # The owner follows the write-ahead log, whoever wrote to it.
+        assert until_checkpointed(first._checkpointer, database, 31) == 31
+        first.dispose()
+        assert reserve_rows(second, [row(31)]) == [1]
+        assert until_checkpointed(second._checkpointer, database, 32) == 32
+    finally:
+        first.dispose()  # a second dispose changes nothing
+        second.dispose()
+    assert stat.S_IMODE((tmp_path / "store.db-checkpoint-lock").stat().st_mode) == 0o600
 
 
 def test_the_workers_write_lock_is_private_and_free_when_no_write_is_queued(store, tmp_path):
