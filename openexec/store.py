@@ -170,8 +170,7 @@ class Store:
             if self.kind == "postgresql"
             else None
         )
-        self._closed = False  # no more kept read connections
-        self._disposed = False
+        self._closed = False  # dispose() began: no more kept read connections
         self._lookup = Compiled(LOOKUP, self.engine)
         self._get = Compiled(GET, self.engine)
         self._reserve = Compiled(_insert_if_absent(self.kind), self.engine, tuple(EMPTY_ROW))
@@ -279,16 +278,16 @@ class Store:
     def dispose(self) -> None:
         """Close the store; a second call does nothing (its lock files' descriptors are closed
         once, never a number the process has since given to another file)."""
-        if self._disposed:
-            return
-        self._disposed = True
+        with self._kept_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._writer.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
         if self._reader_threads is not None:
             self._reader_threads.shutdown(wait=True, cancel_futures=True)
         with self._kept_lock:
-            self._closed = True
             for connection in self._kept:  # discarded, never pooled again: they autocommit
                 if connection.is_valid:  # not already discarded after an error
                     with contextlib.suppress(Exception):
@@ -793,10 +792,7 @@ def _open_write_lock(settings: Settings) -> ProcessWriteLock | None:
     try:
         return ProcessWriteLock(lock_path, path.with_name(path.name + "-writer-wait"))
     except OSError as exc:
-        raise ConfigError(
-            "OPENEXEC_DB_URL",
-            f"cannot open the workers' lock file {exc.filename or lock_path}: {exc.strerror}",
-        ) from None
+        raise _unusable_lock_file(exc) from None
 
 
 def _open_checkpointer(settings: Settings, checkout: Any) -> Checkpointer | None:
@@ -807,10 +803,13 @@ def _open_checkpointer(settings: Settings, checkout: Any) -> Checkpointer | None
     try:
         return Checkpointer(checkout, path)
     except OSError as exc:
-        raise ConfigError(
-            "OPENEXEC_DB_URL",
-            f"cannot open the workers' lock file {exc.filename}: {exc.strerror}",
-        ) from None
+        raise _unusable_lock_file(exc) from None
+
+
+def _unusable_lock_file(exc: OSError) -> ConfigError:
+    return ConfigError(
+        "OPENEXEC_DB_URL", f"cannot open the workers' lock file {exc.filename}: {exc.strerror}"
+    )
 
 
 def _dicts(cursor: Any) -> list[StoredExecution]:
