@@ -10,17 +10,25 @@ import os
 import sqlite3
 import stat
 import threading
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import openexec_echo
 import psycopg
 import pytest
 from sqlalchemy import event
 
 import openexec.store as store_module
 from openexec.settings import ConfigError, Settings
-from openexec.store import KEPT_READERS, WAL_AUTOCHECKPOINT_PAGES, Store, StoreUnavailable
-from tests.conftest import reserve_rows, running_row
+from openexec.store import (
+    KEPT_READERS,
+    OUTCOME_COLUMNS,
+    WAL_AUTOCHECKPOINT_PAGES,
+    Store,
+    StoreUnavailable,
+)
+from tests.conftest import execute, reserve_rows, running_row, stored_rows
 
 
 @pytest.fixture
@@ -432,3 +440,43 @@ def test_postgres_reads_after_dispose_are_refused_as_an_outage(pg_store):
     store.dispose()
     with pytest.raises(StoreUnavailable, match="closed"):
         read_all(store, 1)
+
+
+def pages(url: str) -> dict[str, int]:
+    """Each row's heap page."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        found = connection.execute("SELECT id, (ctid::text::point)[0] FROM executions")
+        return {exec_id: int(page) for exec_id, page in found.fetchall()}
+
+
+def test_a_postgres_row_finishes_on_its_own_page_adding_no_index_entries(
+    openexec_client, approver, postgres_database
+):
+    # Rows reserved together, as under load, fill their pages before any of them finishes; each
+    # outcome must still fit beside its row. A row that stays on its page with no indexed
+    # column changed is a HOT update: no new entry in any index. The rows and the outcome are
+    # copies of a real clawshield execution's.
+    url = postgres_database()
+    client = openexec_client(openexec_echo, db_url=url, **approver.settings())
+    artifact = approver.v1("echo", {"msg": "hello"})
+    answer = execute(client, "echo", {"msg": "hello"}, "model", approval_artifact=artifact)
+    assert answer.status_code == 200
+    [model] = stored_rows(client)
+    outcome = {column: model[column] for column in OUTCOME_COLUMNS}
+    store = client.app.state.engine.store
+    rows = [
+        model
+        | dict.fromkeys(OUTCOME_COLUMNS)
+        | {"id": str(uuid.uuid4()), "nonce": f"n-{n}", "approval_id": str(uuid.uuid4())}
+        | {"status": "running"}
+        for n in range(60)
+    ]
+    assert reserve_rows(store, rows) == [1] * len(rows)
+    before = pages(url)
+    assert len(set(before.values())) >= 3  # several pages, each filled by reservations
+
+    async def finish() -> list[int]:
+        return list(await asyncio.gather(*(store.finish(row["id"], outcome) for row in rows)))
+
+    assert asyncio.run(finish()) == [1] * len(rows)
+    assert pages(url) == before
