@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
 
-from bench.growth import run_growth
+from bench.growth import GROWTH_ROUNDS, run_growth
 from bench.harness import (
     CEILING_APP,
     SETTLE_S,
@@ -244,7 +244,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="py-spy the v1 scenario instead")
     parser.add_argument("--table", action="store_true", help="the table too, with a mode above")
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite scenarios only")
-    parser.add_argument("--rounds", type=int, help="measured rounds per scenario (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, help="measured rounds per scenario (default 3, --growth 5)"
+    )
     parser.add_argument("--round-seconds", type=float, help="seconds per round (default 5)")
     parser.add_argument("--memory-requests", type=int, help="default 200,000 (--quick 20,000)")
     parser.add_argument("--growth-rows", type=int, help="default 1,000,000 (--quick 100,000)")
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load = Load(
         round_s=args.round_seconds or (3.0 if args.quick else 5.0),
-        rounds=args.rounds or (1 if args.quick else 3),
+        rounds=args.rounds or (1 if args.quick else GROWTH_ROUNDS if args.growth else 3),
         warmup_s=1.0 if args.quick else 3.0,
     )
     workdir = Path(tempfile.mkdtemp(prefix="openexec-bench-"))
