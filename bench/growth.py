@@ -31,8 +31,9 @@ from bench.wrk import Measurement, WrkResult
 GROWTH_LIMIT = 1.2
 # A p99 is a few dozen requests. Whatever stalls the disk for a moment lifts the p99 of the round
 # it lands in, whichever store that round measures: the kernel writing back a file's pages in one
-# burst, or autovacuum on the other store's database (the empty store's, which grows by a fifth of
-# itself every few seconds). Five rounds per store outvote two such rounds; three did not.
+# burst, or autovacuum of the other store's database (the empty store's, which it revisits as the
+# table grows). With three rounds per store, two such rounds on one side decided a median (one
+# run in twelve); with five, it takes three.
 GROWTH_ROUNDS = 5
 REPLAY_SAMPLE = 5000  # seeded rows replayed, spread over the whole insertion order
 

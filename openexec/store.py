@@ -55,11 +55,11 @@ WAL_AUTOCHECKPOINT_PAGES = 20_000  # a safety net: the Checkpointer normally run
 KEPT_READERS = 4  # threads that keep a SQLite read connection of their own; others use the pool
 LOCK_WAIT_S = 30.0  # like SQLite's busy timeout: a writer waits this long for another's lock
 # PostgreSQL's heap layout. A row is inserted "running" and updated soon after with its outcome.
-# That update adds no index entry (a HOT update) only if the new version fits on the row's page,
-# but under load a page fills with reservations before they finish, and an outcome held in line
-# is five times a reservation's size. So pages keep 60% free for the outcomes to come, and the
-# receipt envelope and response go out of line (TOAST) whenever a row passes 1 KB, instead of
-# only the response, and only when it passes 2 KB.
+# That update adds nothing to the table's indexes (a HOT update) only if the new version fits on
+# the row's page, but under load a page fills with reservations before they finish. So pages
+# keep 60% free for the outcomes to come. And once a row passes 2 KB, TOAST moves values out of
+# line until it is under 1 KB, not 2 KB: both the response and the receipt envelope go, whatever
+# a few bytes of nonce or payload add, and an outcome held in line stays near 530 bytes.
 POSTGRES_STORAGE = {"fillfactor": 40, "toast_tuple_target": 1024}
 
 
@@ -827,7 +827,7 @@ def _unusable_lock_file(exc: OSError) -> ConfigError:
 
 def _dicts(cursor: Any) -> list[StoredExecution]:
     rows = cursor.fetchall()
-    if not rows:  # most lookups: a new nonce; the description is 23 tuples built on demand
+    if not rows:  # most lookups: a new nonce; the description is built on demand, a tuple a column
         return []
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in rows]

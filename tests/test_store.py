@@ -449,13 +449,13 @@ def pages(url: str) -> dict[str, int]:
         return {exec_id: int(page) for exec_id, page in found.fetchall()}
 
 
-def test_a_postgres_row_finishes_on_its_own_page_adding_no_index_entries(
+def test_a_postgres_row_finishes_on_its_own_page_adding_nothing_to_its_indexes(
     openexec_client, approver, postgres_database
 ):
     # Rows reserved together, as under load, fill their pages before any of them finishes; each
     # outcome must still fit beside its row. A row that stays on its page with no indexed
-    # column changed is a HOT update: no new entry in any index. The rows and the outcome are
-    # copies of a real clawshield execution's.
+    # column changed is a HOT update: no new entry in the table's indexes. The rows and the
+    # outcome are copies of a real clawshield execution's.
     url = postgres_database()
     client = openexec_client(openexec_echo, db_url=url, **approver.settings())
     artifact = approver.v1("echo", {"msg": "hello"})
