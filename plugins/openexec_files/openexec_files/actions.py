@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
-import heapq
 import os
 import stat
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 from openexec import Action, ActionError, Context
 from openexec_files.atomic import publish, rename_noreplace
-from openexec_files.errors import fs_error, kind
+from openexec_files.errors import fs_error
 from openexec_files.models import (
     DeleteInput,
     ListInput,
@@ -33,12 +32,17 @@ from openexec_files.resolve import (
     lstat_at,
     open_dir,
     open_file,
-    open_subdir,
     read_bounded,
+)
+from openexec_files.walk import (
+    MAX_DEPTH,
+    check_depth,
+    empty_tree,
+    list_tree,
+    reaches_beyond,
 )
 
 FILE_MODE = 0o600
-MAX_DELETE_DEPTH = 128  # each level holds a descriptor open while recursive delete descends
 
 Result = dict[str, Any]
 
@@ -47,18 +51,17 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _shown(prefix: str, name: str) -> str:
-    """A path for messages; names that are not UTF-8 on disk are shown with replacement marks."""
-    printable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return f"{prefix}/{printable}" if prefix else printable
-
-
 class FilesPack:
-    """File actions confined to ``root``; every call opens the root afresh and walks down by fd."""
+    """File actions confined to ``root``; every call opens the root afresh and walks down by fd.
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    ``max_depth`` is the one depth limit of every action (see ``openexec_files.walk``): nothing
+    is created deeper, and list and recursive delete walk anything up to it.
+    """
+
+    def __init__(self, root: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
 
     def actions(self) -> list[Action]:
         return [
@@ -140,6 +143,7 @@ class FilesPack:
         data = payload.data()
         if len(data) > self.max_bytes:
             raise self._too_large(path)
+        check_depth(path, self.max_depth)
         parents, name = split(path)
         with open_dir(self.root, parents, create=payload.parents) as dir_fd, locked(dir_fd):
             current = lstat_at(dir_fd, name, path)
@@ -175,23 +179,17 @@ class FilesPack:
         return {"path": path, "size": len(data), "sha256": sha256_hex(data), "created": False}
 
     def list_dir(self, payload: ListInput, ctx: Context) -> Result:
-        """Entries come off a heap keyed by path: a directory's children all sort after it, so
-        popping yields the global path order lazily and truncation keeps the first entries."""
+        """One descriptor walk from the listed directory, in the order of whole paths, stopping
+        at ``max_entries``: linear in what it returns (see ``walk.list_tree``)."""
         parts = [] if payload.path == ROOT else payload.path.split("/")
-        heap: list[tuple[str, str, int | None]] = []
         with open_dir(self.root, parts) as fd:
-            _scan(fd, "/".join(parts), heap)
-        entries: list[Result] = []
-        truncated = False
-        while heap:
-            if len(entries) == payload.max_entries:
-                truncated = True
-                break
-            path, entry_type, size = heapq.heappop(heap)
-            entries.append({"path": path, "type": entry_type, "size": size})
-            if payload.recursive and entry_type == "directory":
-                with open_dir(self.root, path.split("/")) as fd:
-                    _scan(fd, path, heap)
+            entries, truncated = list_tree(
+                fd,
+                "/".join(parts),
+                recursive=payload.recursive,
+                max_entries=payload.max_entries,
+                max_depth=self.max_depth,
+            )
         return {"path": payload.path, "entries": entries, "truncated": truncated}
 
     def stat_path(self, payload: StatInput, ctx: Context) -> Result:
@@ -230,7 +228,7 @@ class FilesPack:
                     if payload.if_sha256 is not None:
                         raise ActionError("is_a_directory", f"{path}: if_sha256 needs a file")
                     if payload.recursive:
-                        _empty_tree(dir_fd, name, path)
+                        empty_tree(dir_fd, name, path, max_depth=self.max_depth)
                     os.rmdir(name, dir_fd=dir_fd)
                 else:
                     if payload.if_sha256 is not None:
@@ -246,6 +244,7 @@ class FilesPack:
 
     def make_dir(self, payload: MkdirInput, ctx: Context) -> Result:
         path = payload.path
+        check_depth(path, self.max_depth)
         parents, name = split(path)
         with open_dir(self.root, parents, create=payload.parents) as dir_fd:
             try:
@@ -263,7 +262,10 @@ class FilesPack:
         return {"path": path, "created": True}
 
     def move_path(self, payload: MoveInput, ctx: Context) -> Result:
+        """A directory moved deeper than it was is walked first (``walk.reaches_beyond``), so
+        a move never nests anything beyond ``max_depth``; moving up or sideways needs no walk."""
         src, dst = payload.src, payload.dst
+        check_depth(dst, self.max_depth)
         (src_parents, src_name), (dst_parents, dst_name) = split(src), split(dst)
         with (
             open_dir(self.root, src_parents) as src_fd,
@@ -274,6 +276,19 @@ class FilesPack:
             if st is None:
                 raise ActionError("not_found", f"{src}: does not exist")
             check_addressable(st, src)
+            deeper_by = len(dst_parents) - len(src_parents)
+            if (
+                stat.S_ISDIR(st.st_mode)
+                and deeper_by > 0
+                and reaches_beyond(
+                    src_fd, src_name, src, levels=self.max_depth - len(dst_parents) - 1
+                )
+            ):
+                raise ActionError(
+                    "too_deep",
+                    f"{dst}: moving {src} there would put entries more than "
+                    f"{self.max_depth} levels below the root",
+                )
             target = lstat_at(dst_fd, dst_name, dst)
             if target is not None:
                 check_addressable(target, dst)
@@ -293,61 +308,3 @@ class FilesPack:
                     ) from None
                 raise fs_error(exc, src if exc.errno == errno.ENOENT else dst) from None
         return {"src": src, "dst": dst}
-
-
-def _scan(dir_fd: int, prefix: str, heap: list[tuple[str, str, int | None]]) -> None:
-    """Push the entries of ``dir_fd`` as (path, type, size); size only for regular files.
-
-    Names that are not UTF-8 cannot be named in a request or a JSON result, so they are skipped.
-    """
-    try:
-        with os.scandir(dir_fd) as it:
-            for entry in it:
-                try:
-                    entry.name.encode("utf-8")
-                except UnicodeEncodeError:
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed while listing
-                size = st.st_size if stat.S_ISREG(st.st_mode) else None
-                path = f"{prefix}/{entry.name}" if prefix else entry.name
-                heapq.heappush(heap, (path, kind(st.st_mode), size))
-    except OSError as exc:
-        raise fs_error(exc, prefix or ROOT) from None
-
-
-def _empty_tree(parent_fd: int, name: str, shown: str, depth: int = 0) -> None:
-    """Remove everything inside directory ``name``, which stays.
-
-    Links and special files are unlinked as names, never followed; subdirectories are opened
-    with O_NOFOLLOW relative to their parent, and another file system mounted below is refused.
-    """
-    if depth >= MAX_DELETE_DEPTH:
-        raise ActionError("too_deep", f"{shown}: nested deeper than {MAX_DELETE_DEPTH} levels")
-    fd = open_subdir(parent_fd, name, shown)
-    try:
-        device = os.fstat(fd).st_dev
-        try:
-            with os.scandir(fd) as it:
-                names = [entry.name for entry in it]
-        except OSError as exc:
-            raise fs_error(exc, shown) from None
-        for child in names:
-            child_shown = _shown(shown, child)
-            st = lstat_at(fd, child, child_shown)
-            if st is None:
-                continue
-            try:
-                if stat.S_ISDIR(st.st_mode):
-                    if st.st_dev != device:
-                        raise ActionError("cross_device", f"{child_shown}: is a mount point")
-                    _empty_tree(fd, child, child_shown, depth + 1)
-                    os.rmdir(child, dir_fd=fd)
-                else:
-                    os.unlink(child, dir_fd=fd)
-            except OSError as exc:
-                raise fs_error(exc, child_shown) from None
-    finally:
-        os.close(fd)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from openexec_files.atomic import TMP_PREFIX
 from openexec_files.errors import fs_error
+from openexec_files.walk import MAX_DEPTH
 
 if TYPE_CHECKING:
     from conftest import Files
@@ -392,12 +393,21 @@ def test_delete_compare_and_swap(files: Files) -> None:
 
 
 def test_recursive_delete_refuses_deeper_than_its_limit(files: Files) -> None:
-    deep = files.root / "top"
-    deep.joinpath(*["d"] * 129).mkdir(parents=True)
+    # Deeper than the pack's one limit, so made without it (as another program could).
+    fd = os.open(files.root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in ["top"] + ["d"] * (MAX_DEPTH + 5):
+        os.mkdir(name, dir_fd=fd)
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
     files.fails("files.delete", "too_deep", path="top", recursive=True)
-    files.run("files.delete", path="top/" + "/".join(["d"] * 5), recursive=True)
+    files.fails("files.list", "too_deep", recursive=True, max_entries=10_000)
+    # Moving part of it towards the root needs no walk and takes the tree apart.
+    files.run("files.move", src="top/" + "/".join(["d"] * 500), dst="rest")
     files.run("files.delete", path="top", recursive=True)
-    assert not deep.exists()
+    files.run("files.delete", path="rest", recursive=True)
+    assert list(files.root.iterdir()) == []
 
 
 # files.mkdir
