@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from openexec import __version__, api
 from openexec.engine import Engine
 from openexec.plugins import InProcessPlugin, load_registry
-from openexec.receipts import load_receipt_signer
+from openexec.receipts import load_receipt_signer, newest_receipt_key_id
 from openexec.settings import Settings
 from openexec.store import Store
 
@@ -31,9 +31,13 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     registry = load_registry(settings, plugins)
-    signer = load_receipt_signer(settings)
     store = Store(settings)
-    store.prepare()
+    try:
+        store.prepare()
+        signer = load_receipt_signer(settings, signed_by=newest_receipt_key_id(store))
+    except BaseException:
+        store.dispose()
+        raise
     engine = Engine(settings, registry, store, signer)
     if settings.mode == "demo":
         log.warning("demo mode: actions run without approval; set OPENEXEC_MODE=clawshield")

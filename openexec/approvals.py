@@ -23,6 +23,16 @@ Decisions where the spec is silent, all failing closed:
   a mismatch.
 * An approval is expired when ``now`` is more than the clock-skew leeway past its expiry,
   and not yet valid when its start is more than the leeway ahead of ``now``.
+* Single use holds on what was signed. A v1 signature covers the plain concatenation of five
+  fields, so moving the cut between ``approval_id`` and ``tenant_id`` (or between the times)
+  keeps it valid while the artifact names another id. An approval is therefore consumed under
+  its ``approval_id`` and under ``signed_sha256``, the SHA-256 of the exact bytes its signature
+  covers (v1: the concatenation; v2: the DSSE pre-authentication encoding): two artifacts
+  with the same signed bytes are one approval, whichever key signed them.
+* A v2 envelope carries at most ``MAX_SIGNATURES`` signatures and a payload of at most
+  ``MAX_V2_PAYLOAD_BYTES``, refused before any signature is checked: each signature is tried
+  against every configured key, so an unauthenticated request could otherwise make the event
+  loop verify thousands of times.
 
 ``verify`` and ``check_window`` raise nothing but ``ApprovalError``, whatever the input.
 """
@@ -41,17 +51,21 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from openexec.signing import (
+    MAX_SIGNATURES,
     EnvelopeError,
     canonical_json,
     canonical_json_of_text,
     key_id,
     open_envelope,
+    pae,
+    request_sha256,
     sha256_hex,
     sign_envelope,
 )
 from openexec.strictjson import BadJson, parse_json
 
 if TYPE_CHECKING:
+    from openexec.models import ExecuteRequest
     from openexec.settings import Settings
 
 APPROVAL_V2_TYPE = "application/vnd.openexec.approval.v2+json"
@@ -59,6 +73,7 @@ FORMAT_V1 = "clawshield-v1"
 FORMAT_V2 = "openexec-v2"
 MAX_ID_LENGTH = 255
 MAX_UNIX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
+MAX_V2_PAYLOAD_BYTES = 8192  # the claims are ten short fields; 1-2 KB in practice
 
 # Python's json.dumps(sort_keys=True, separators=(",", ":")), ASCII escapes included; made once.
 V1_BINDING_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
@@ -103,6 +118,7 @@ class Approval:
     tenant_id: str | None
     format: str
     sha256: str
+    signed_sha256: str  # SHA-256 of the bytes the signature covers: consumed with approval_id
     key_id: str
     not_before: datetime | None
     expires_at: datetime
@@ -157,6 +173,20 @@ class ApprovalVerifier:
             )
         return approval
 
+    def approval_request(self, request: ExecuteRequest) -> dict[str, Any]:
+        """What a governance layer signs to approve exactly ``request`` here: the request,
+        this service's tenant and audience, and the hashes each format binds."""
+        return {
+            "action": request.action,
+            "payload": request.payload,
+            "nonce": request.nonce,
+            "tenant_id": self.tenant_id,
+            "aud": self.service_id,
+            "request_sha256": request_sha256(request.action, request.payload),
+            "v1_action_hash": _v1_binding_hash(request.action, request.payload),
+            "v2_payload_sha256": _v2_payload_hash(request.payload),
+        }
+
     def check_window(self, approval: Approval, now: datetime) -> None:
         """SPEC step 4: reject an approval outside its validity window, allowing clock skew."""
         now = _as_utc(now)
@@ -199,6 +229,7 @@ class ApprovalVerifier:
             tenant_id=tenant_id or None,
             format=FORMAT_V1,
             sha256=sha256_hex(canonical_json_of_text(artifact)),  # six checked strings
+            signed_sha256=sha256_hex(message),
             key_id=verified_by,
             not_before=not_before,
             expires_at=expires_at,
@@ -223,13 +254,17 @@ class ApprovalVerifier:
         _check_fields(envelope, V2_ENVELOPE_FIELDS, "v2 approval envelope")
         signatures = envelope["signatures"]
         if isinstance(signatures, list):
+            if len(signatures) > MAX_SIGNATURES:
+                raise _malformed(f"A v2 approval carries at most {MAX_SIGNATURES} signatures.")
             for entry in signatures:
                 if not isinstance(entry, dict) or not entry.keys() <= V2_SIGNATURE_FIELDS:
                     raise _malformed("Each v2 signature must be an object with 'keyid' and 'sig'.")
                 if not isinstance(entry.get("keyid", ""), str):
                     raise _malformed("A v2 signature 'keyid' must be a string.")
         try:
-            body, verified_by = open_envelope(envelope, APPROVAL_V2_TYPE, self.keys)
+            body, verified_by = open_envelope(
+                envelope, APPROVAL_V2_TYPE, self.keys, max_body_bytes=MAX_V2_PAYLOAD_BYTES
+            )
         except EnvelopeError as exc:
             if exc.malformed:
                 raise _malformed(f"The v2 approval envelope is malformed: {exc.reason}.") from None
@@ -263,6 +298,7 @@ class ApprovalVerifier:
             tenant_id=claims["tenant_id"],
             format=FORMAT_V2,
             sha256=_artifact_sha256(envelope),
+            signed_sha256=sha256_hex(pae(APPROVAL_V2_TYPE, body)),
             key_id=next(
                 kid for key, kid in zip(self.keys, self._key_ids, strict=True) if key is verified_by
             ),

@@ -123,6 +123,7 @@ class Engine:
         tenant = approval.tenant_id if approval else None
         request_hash = request_sha256(request.action, request.payload)
         approval_id = approval.approval_id if approval else None
+        approval_signed = approval.signed_sha256 if approval else None
         # A new request is reserved at once, and the row is looked up only when the database
         # refuses it (the nonce or the approval is taken) or a check fails (an expired approval,
         # or a payload the action no longer accepts, can still replay). The answer is the one
@@ -142,7 +143,7 @@ class Engine:
                     return await asyncio.shield(self._run(execution, registered, payload))
         for attempt in range(3):  # a refused reservation goes back to the lookup (step 3)
             existing, approval_used = await self._read(
-                self.store.lookup, tenant, request.nonce, approval_id
+                self.store.lookup, tenant, request.nonce, approval_id, approval_signed
             )
             if payload is None and attempt == 0:
                 self._taken.note(existing is not None or approval_used)
@@ -151,7 +152,7 @@ class Engine:
             if unwritable:  # new, and the store just failed a write: no second wait for it
                 raise Problem(503, "storage_unavailable", STORE_DOWN)
             if approval is not None:
-                self._check_approval_usable(approval, approval_used)
+                self._check_approval_usable(request, approval, approval_used)
             payload = self._validate_payload(registered, request.payload)
             execution = self._new_execution(request, registered, approval, request_hash)
             if await self._write(self.store.reserve(execution)):
@@ -175,15 +176,28 @@ class Engine:
         if self.verifier is None:
             return None
         if request.approval_artifact is None:
-            raise Problem(
-                403, "approval_required", "ClawShield mode requires an approval artifact."
+            raise self._refusal(
+                request,
+                ApprovalError(
+                    "approval_required", "ClawShield mode requires an approval artifact."
+                ),
             )
         try:
             return self.verifier.verify(
                 request.approval_artifact, request.action, request.payload, request.nonce
             )
         except ApprovalError as exc:
-            raise Problem(403, exc.code, exc.detail) from None
+            raise self._refusal(request, exc) from None
+
+    def _refusal(self, request: ExecuteRequest, refused: ApprovalError) -> Problem:
+        """A 403 that carries what the approver must sign to approve exactly this request, so
+        an agent can forward it; nothing is reserved by asking."""
+        return Problem(
+            403,
+            refused.code,
+            refused.detail,
+            extra={"approval_request": self.verifier.approval_request(request)},
+        )
 
     # Step 3: a nonce seen before.
 
@@ -225,14 +239,19 @@ class Engine:
 
     # Steps 4–6: approval window and single use, payload, reservation.
 
-    def _check_approval_usable(self, approval: Approval, used: bool) -> None:
+    def _check_approval_usable(
+        self, request: ExecuteRequest, approval: Approval, used: bool
+    ) -> None:
         try:
             self.verifier.check_window(approval, utc_now())
         except ApprovalError as exc:
-            raise Problem(403, exc.code, exc.detail) from None
+            raise self._refusal(request, exc) from None
         if used:
-            raise Problem(
-                403, "approval_already_used", "This approval already backed another execution."
+            raise self._refusal(
+                request,
+                ApprovalError(
+                    "approval_already_used", "This approval already backed another execution."
+                ),
             )
 
     def _reservable(
@@ -242,7 +261,7 @@ class Engine:
         store (the approval's earlier use is the database's to refuse); otherwise None."""
         try:
             if approval is not None:
-                self._check_approval_usable(approval, used=False)
+                self._check_approval_usable(request, approval, used=False)
             return self._validate_payload(registered, request.payload)
         except Exception:  # the lookup path decides, and raises it again for a new request
             return None
@@ -278,6 +297,7 @@ class Engine:
             "request_sha256": request_hash,
             "payload": COMPACT.encode(request.payload),
             "approval_id": approval.approval_id if approval else None,
+            "approval_signed_sha256": approval.signed_sha256 if approval else None,
             "approval_format": approval.format if approval else None,
             "approval_sha256": approval.sha256 if approval else None,
             "approval_key_id": approval.key_id if approval else None,

@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
@@ -24,6 +24,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from openexec.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from openexec.store import Store
 from openexec.signing import (
     EnvelopeError,
     canonical_json,
@@ -33,6 +36,7 @@ from openexec.signing import (
     sha256_hex,
     sign_envelope,
 )
+from openexec.strictjson import BadJson, parse_json
 
 RECEIPT_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -83,16 +87,43 @@ def result_sha256(result: dict[str, Any] | None) -> str | None:
     return None if result is None else sha256_hex(canonical_json(result))
 
 
-def load_receipt_signer(settings: Settings) -> ReceiptSigner:
-    """Load the configured receipt key, or create one beside the database on first start."""
+def load_receipt_signer(settings: Settings, signed_by: str | None = None) -> ReceiptSigner:
+    """Load the configured receipt key, or create one beside the database on first start.
+
+    ``signed_by`` is the key id of the newest receipt the store holds (None: it holds none).
+    A key is never created, nor another accepted, while that receipt's key is not among the
+    trusted ones: receipts the store holds would stop verifying. Startup stops instead, so
+    the operator restores the key (docs/operations.md).
+    """
     path = settings.receipt_key_path
     if path is None:
         sqlite_path = settings.sqlite_path
         path = (sqlite_path.parent if sqlite_path else Path.cwd()) / DEFAULT_KEY_NAME
         if not path.exists():
+            if signed_by is not None:
+                raise ConfigError(
+                    "OPENEXEC_RECEIPT_KEY",
+                    f"the store holds receipts signed by key {signed_by}, but the receipt key "
+                    f"{str(path)!r} is missing: restore it from the backup taken with the "
+                    "database (a new key would leave those receipts unverifiable)",
+                )
             _create_key_file(path)
     private_key = _read_private_key(path, "OPENEXEC_RECEIPT_KEY")
-    return ReceiptSigner(private_key, settings.receipt_public_keys)
+    signer = ReceiptSigner(private_key, settings.receipt_public_keys)
+    if signed_by is not None and signed_by not in {key_id(k) for k in signer.trusted_keys}:
+        raise ConfigError(
+            "OPENEXEC_RECEIPT_KEY",
+            f"the store's newest receipt is signed by key {signed_by}, which is neither this "
+            f"receipt key ({signer.key_id}) nor listed in OPENEXEC_RECEIPT_PUBLIC_KEYS: restore "
+            "that key, or list its public key if it was rotated out",
+        )
+    return signer
+
+
+def newest_receipt_key_id(store: Store) -> str | None:
+    """The key id that signed the store's newest receipt, or None when it holds none."""
+    envelope = store.newest_receipt_envelope()
+    return None if envelope is None else json.loads(envelope)["signatures"][0]["keyid"]
 
 
 def private_key_pem(private_key: Ed25519PrivateKey) -> bytes:
@@ -133,10 +164,16 @@ def _read_private_key(path: Path, variable: str) -> Ed25519PrivateKey:
 
 @dataclass(frozen=True)
 class Verdict:
+    """What a check of a receipt found. Past the signature, the statement's ``exec_id``,
+    ``status``, ``mode`` and ``approval`` (null, or ``{id, format, sha256, key_id}``) are
+    reported even when the result given does not match, so a caller can see what was signed."""
+
     valid: bool
     reason: str | None = None
     exec_id: str | None = None
     status: str | None = None
+    mode: str | None = None
+    approval: dict[str, Any] | None = None
     receipt: str | None = None
 
 
@@ -154,6 +191,12 @@ def verify_envelope(
         predicate = statement["predicate"]
         subject = statement["subject"][0]
         exec_id, status = predicate["exec_id"], predicate["status"]
+        signed = {
+            "exec_id": exec_id,
+            "status": status,
+            "mode": predicate["mode"],
+            "approval": predicate["approval"],
+        }
         consistent = (
             statement["_type"] == STATEMENT_TYPE
             and statement["predicateType"] == PREDICATE_TYPE
@@ -168,16 +211,19 @@ def verify_envelope(
     if result is not NO_RESULT:
         reason = _result_mismatch(result, predicate.get("result_sha256"))
         if reason:
-            return Verdict(False, reason, exec_id, status, receipt)
-    return Verdict(True, None, exec_id, status, receipt)
+            return Verdict(False, reason, receipt=receipt, **signed)
+    return Verdict(True, None, receipt=receipt, **signed)
 
 
 def _result_mismatch(result: Any, expected: str | None) -> str | None:
+    """Why ``result`` is not the one the receipt names, or None. A result given as JSON text
+    is parsed as strictly as a request body: duplicate keys, NaN or a lone surrogate would
+    otherwise let two texts that read differently pass as one result."""
     if isinstance(result, str):
         try:
-            result = json.loads(result)
-        except (ValueError, RecursionError):
-            return "result is not valid JSON"
+            result = parse_json(result.encode("utf-8", "surrogatepass"))
+        except BadJson as exc:
+            return f"result is not acceptable JSON text: {exc}"
     try:
         actual = result_sha256(result)
     except (TypeError, ValueError, RecursionError):

@@ -16,6 +16,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from openexec.strictjson import MAX_SAFE_INTEGER
 
 FIRST_ASTRAL = "\U00010000"
+# Signatures one DSSE envelope may carry. Each is tried against every known key (a keyid is
+# only a hint), so this bounds the work an unauthenticated envelope can ask for before it is
+# refused: at most MAX_SIGNATURES x keys verifications.
+MAX_SIGNATURES = 8
 # Made once: json.dumps with options builds a new encoder on every call.
 SORTED_COMPACT = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -118,26 +122,37 @@ class EnvelopeError(ValueError):
 
 
 def open_envelope(
-    envelope: Any, payload_type: str, keys: tuple[Ed25519PublicKey, ...]
+    envelope: Any,
+    payload_type: str,
+    keys: tuple[Ed25519PublicKey, ...],
+    max_body_bytes: int | None = None,
 ) -> tuple[bytes, Ed25519PublicKey]:
     """Verify a DSSE envelope and return its payload bytes and the key that verified it.
 
     The signature is checked over the exact payload bytes before anything parses them;
-    ``keyid`` is only a hint, so every known key is tried against every signature.
+    ``keyid`` is only a hint, so every known key is tried against every signature. The whole
+    envelope is checked for shape and bounds (``MAX_SIGNATURES``, ``max_body_bytes``) before
+    the first verification.
     """
     if not isinstance(envelope, dict):
         raise EnvelopeError("envelope must be a JSON object", malformed=True)
     if envelope.get("payloadType") != payload_type:
         raise EnvelopeError(f"payloadType must be {payload_type!r}", malformed=True)
     body = _b64(envelope.get("payload"), "payload")
+    if max_body_bytes is not None and len(body) > max_body_bytes:
+        raise EnvelopeError(f"payload is over {max_body_bytes} bytes", malformed=True)
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list) or not signatures:
         raise EnvelopeError("envelope has no signatures", malformed=True)
-    message = pae(payload_type, body)
+    if len(signatures) > MAX_SIGNATURES:
+        raise EnvelopeError(f"envelope has over {MAX_SIGNATURES} signatures", malformed=True)
+    decoded = []
     for entry in signatures:
         if not isinstance(entry, dict):
             raise EnvelopeError("each signature must be an object", malformed=True)
-        signature = _b64(entry.get("sig"), "sig")
+        decoded.append(_b64(entry.get("sig"), "sig"))
+    message = pae(payload_type, body)
+    for signature in decoded:
         for key in keys:
             try:
                 key.verify(signature, message)

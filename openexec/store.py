@@ -1,5 +1,6 @@
 """Persistence of executions. The database, not Python, enforces exactly-once:
-a unique ``(tenant, nonce)`` pair and a unique ``approval_id`` make reservation one INSERT.
+a unique ``(tenant, nonce)`` pair, a unique ``approval_id`` and a unique
+``approval_signed_sha256`` (what the approval's signature covers) make reservation one INSERT.
 
 SQLModel declares the tables and SQLAlchemy builds every statement and manages the pool, but
 the statements of the request path are compiled once at startup and run on the driver's own
@@ -48,7 +49,8 @@ from openexec.settings import ConfigError, Settings
 log = logging.getLogger("openexec.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added approval_signed_sha256; ``upgrade`` brings a version 1 store here
+UPGRADE_COMMAND = "openexec db upgrade"
 SCHEMA_LOCK = 0x6F70656E65786563  # pg_advisory_xact_lock key: "openexec"
 NO_TENANT = ""  # (tenant, nonce) must be unique, and NULLs never collide in a unique index
 WAL_AUTOCHECKPOINT_PAGES = 20_000  # a safety net: the Checkpointer normally runs long before
@@ -82,6 +84,12 @@ class Execution(SQLModel, table=True):
     request_sha256: str = Field(max_length=64)
     payload: str
     approval_id: str | None = Field(default=None, sa_column=Column(String(255), unique=True))
+    # An approval is consumed under its id and under what its signature covers: a v1 artifact
+    # can name other ids with the same signed bytes (openexec.approvals). A unique index, not a
+    # constraint, so that ``upgrade`` can add it to an existing SQLite table.
+    approval_signed_sha256: str | None = Field(
+        default=None, sa_column=Column(String(64), unique=True, index=True)
+    )
     approval_format: str | None = Field(default=None, max_length=32)
     approval_sha256: str | None = Field(default=None, max_length=64)
     approval_key_id: str | None = Field(default=None, max_length=16)
@@ -116,9 +124,16 @@ LOOKUP = select(*(c for c in EXECUTIONS.columns if c.name != "receipt_envelope")
     or_(
         and_(EXECUTIONS.c.tenant == bindparam("tenant"), EXECUTIONS.c.nonce == bindparam("nonce")),
         EXECUTIONS.c.approval_id == bindparam("approval_id"),
+        EXECUTIONS.c.approval_signed_sha256 == bindparam("approval_signed_sha256"),
     )
 )
 GET = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("exec_id"))
+NEWEST_RECEIPT = (
+    select(EXECUTIONS.c.receipt_envelope)
+    .where(EXECUTIONS.c.receipt_envelope.is_not(None))
+    .order_by(EXECUTIONS.c.id.desc())
+    .limit(1)
+)
 FINISH = update(EXECUTIONS).where(
     EXECUTIONS.c.id == bindparam("target_id"), EXECUTIONS.c.status == "running"
 )
@@ -214,31 +229,19 @@ class Store:
             ) from None
 
     def _prepare_once(self) -> None:
-        # Workers and instances starting together must create the schema once, atomically:
-        # an advisory lock on PostgreSQL; on SQLite a write transaction taken up front (pysqlite
-        # would otherwise commit each CREATE TABLE on its own).
-        with self.engine.begin() as connection:
-            if self.kind == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-            else:
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-            existing = set(self.engine.dialect.get_table_names(connection))
-            if "executions" in existing and "openexec_schema" not in existing:
-                raise ConfigError(
-                    "OPENEXEC_DB_URL",
-                    "the database has an executions table without a schema version: "
-                    "it was not created by OpenExec; use another database",
-                )
-            SQLModel.metadata.create_all(connection)
-            versions = connection.execute(select(SchemaInfo.version)).scalars().all()
-            if not versions:
+        with _schema_transaction(self.engine) as connection:
+            version = _schema_version(connection)
+            if version is None:
+                SQLModel.metadata.create_all(connection)
                 connection.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
-            elif versions != [SCHEMA_VERSION]:
+            elif version == 1:
                 raise ConfigError(
                     "OPENEXEC_DB_URL",
-                    f"the database schema is version {max(versions)}, this OpenExec "
-                    f"uses version {SCHEMA_VERSION}; refusing to run against it",
+                    f"the database schema is version {version}, this OpenExec uses version "
+                    f"{SCHEMA_VERSION}: run `{UPGRADE_COMMAND}` (with the same settings) first",
                 )
+            elif version != SCHEMA_VERSION:
+                raise _unknown_schema(version)
 
     def ping(self) -> None:
         """Whether the database answers a new connection (readiness)."""
@@ -259,16 +262,38 @@ class Store:
         return await reading
 
     def lookup(
-        self, tenant: str | None, nonce: str, approval_id: str | None
+        self,
+        tenant: str | None,
+        nonce: str,
+        approval_id: str | None,
+        approval_signed_sha256: str | None = None,
     ) -> tuple[StoredExecution | None, bool]:
-        """The row holding this nonce, if any, and whether the approval already backed one:
-        steps 3 and 4 of an execution in one query."""
+        """The row holding this nonce, if any, and whether the approval already backed one
+        (under its id or its signed bytes): steps 3 and 4 of an execution in one query."""
         tenant = tenant or NO_TENANT
-        params = {"tenant": tenant, "nonce": nonce, "approval_id": approval_id}
+        params = {
+            "tenant": tenant,
+            "nonce": nonce,
+            "approval_id": approval_id,
+            "approval_signed_sha256": approval_signed_sha256,
+        }
         rows = self._read(self._lookup, params)
         holder = next((r for r in rows if r["tenant"] == tenant and r["nonce"] == nonce), None)
-        used = approval_id is not None and any(r["approval_id"] == approval_id for r in rows)
+        used = any(
+            (approval_id is not None and r["approval_id"] == approval_id)
+            or (
+                approval_signed_sha256 is not None
+                and r["approval_signed_sha256"] == approval_signed_sha256
+            )
+            for r in rows
+        )
         return holder, used
+
+    def newest_receipt_envelope(self) -> str | None:
+        """The receipt envelope of the execution with the greatest id (ids are time-ordered),
+        or None when no execution has one: read once at startup, to check its key is here."""
+        with self.engine.connect() as connection:
+            return connection.execute(NEWEST_RECEIPT).scalar()
 
     def get(self, exec_id: str) -> StoredExecution | None:
         rows = self._read(self._get, {"exec_id": exec_id})
@@ -817,6 +842,85 @@ def _open_checkpointer(settings: Settings, checkout: Any) -> Checkpointer | None
         return Checkpointer(checkout, path)
     except OSError as exc:
         raise _unusable_lock_file(exc) from None
+
+
+def upgrade_schema(settings: Settings) -> tuple[int | None, int]:
+    """Bring the configured database to ``SCHEMA_VERSION`` in one transaction, under the same
+    lock as schema creation, so running it beside a starting service or twice is safe. Returns
+    the version found (None for an empty database, which is created) and the version now."""
+    engine = _create_engine(settings)
+    try:
+        with _schema_transaction(engine) as connection:
+            found = _schema_version(connection)
+            if found is None:
+                SQLModel.metadata.create_all(connection)
+                connection.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
+            elif found == 1:
+                _upgrade_1_to_2(connection)
+            elif found != SCHEMA_VERSION:
+                raise _unknown_schema(found)
+        return found, SCHEMA_VERSION
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            "OPENEXEC_DB_URL",
+            f"cannot upgrade the database at {settings.safe_db_url}: {_first_line(exc)}",
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _upgrade_1_to_2(connection: Any) -> None:
+    """Version 2 consumes approvals under their signed bytes too. Rows written before hold
+    NULL there: they stay consumed under their approval_id, as they always were."""
+    column = EXECUTIONS.c.approval_signed_sha256
+    column_type = column.type.compile(dialect=connection.dialect)
+    connection.exec_driver_sql(f"ALTER TABLE executions ADD COLUMN {column.name} {column_type}")
+    for index in EXECUTIONS.indexes:
+        if column in index.columns.values():
+            index.create(connection)
+    connection.execute(update(SchemaInfo).values(version=2))
+
+
+@contextmanager
+def _schema_transaction(engine: Engine) -> Iterator[Any]:
+    """One transaction that holds the schema for itself. Workers and instances starting
+    together must create (or upgrade) the schema once, atomically: an advisory lock on
+    PostgreSQL; on SQLite a write transaction taken up front (pysqlite would otherwise commit
+    each CREATE TABLE on its own)."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield connection
+
+
+def _schema_version(connection: Any) -> int | None:
+    """The schema version of an OpenExec database, or None for one with no OpenExec tables."""
+    existing = set(connection.dialect.get_table_names(connection))
+    if "openexec_schema" not in existing:
+        if "executions" in existing:
+            raise ConfigError(
+                "OPENEXEC_DB_URL",
+                "the database has an executions table without a schema version: "
+                "it was not created by OpenExec; use another database",
+            )
+        return None
+    versions = connection.execute(select(SchemaInfo.version)).scalars().all()
+    if len(versions) != 1:
+        raise ConfigError(
+            "OPENEXEC_DB_URL", f"the database holds schema versions {versions}, not one"
+        )
+    return versions[0]
+
+
+def _unknown_schema(version: int) -> ConfigError:
+    """A version this code cannot upgrade from: newer than it, or never released."""
+    return ConfigError(
+        "OPENEXEC_DB_URL",
+        f"the database schema is version {version}, this OpenExec uses version "
+        f"{SCHEMA_VERSION} and upgrades only from version 1; refusing to run against it",
+    )
 
 
 def _unusable_lock_file(exc: OSError) -> ConfigError:

@@ -74,7 +74,9 @@ def pem(key: Ed25519PrivateKey) -> str:
 
 
 def window(not_before: datetime | None, expires_at: datetime) -> Approval:
-    return Approval("id", None, "clawshield-v1", "0" * 64, "k", not_before, expires_at, None)
+    return Approval(
+        "id", None, "clawshield-v1", "0" * 64, "1" * 64, "k", not_before, expires_at, None
+    )
 
 
 # --- valid artifacts -------------------------------------------------------------------------

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx2 as httpx
 import pytest
+import rfc8785
 
 from openexec import engine as engine_module
 from openexec.testing import Approver
+from tests.approval_helpers import mint_v1, mint_v2, v1_action_hash
 from tests.conftest import execute, journal, stored_rows
 from tests.support.processes import Uvicorn
 
@@ -25,11 +30,19 @@ def run(client, action, payload, nonce, artifact):
 
 
 def refused(response, code: str, fragment: str | None = None) -> None:
+    """A 403 with ``code`` that carries a consistent ``approval_request`` (SPEC 3)."""
     assert response.status_code == 403, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == code
     if fragment:
         assert fragment in response.json()["detail"]
+    asked = response.json()["approval_request"]
+    action, payload = asked["action"], asked["payload"]
+    canonical = rfc8785.dumps({"action": action, "payload": payload})
+    assert asked["request_sha256"] == hashlib.sha256(canonical).hexdigest()
+    assert asked["v1_action_hash"] == v1_action_hash(action, payload)
+    assert asked["v2_payload_sha256"] == hashlib.sha256(rfc8785.dumps(payload)).hexdigest()
+    assert {"nonce", "tenant_id", "aud"} <= asked.keys()
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -327,3 +340,43 @@ def test_taken_rate_looks_first_while_most_requests_are_retries():
     for taken in [True] * (rate.WINDOW // 2) + [False] * (rate.WINDOW // 2):
         rate.note(taken)
     assert rate.mostly is False  # half is not most
+
+
+def test_approval_request_is_what_to_sign_and_signing_it_runs_the_request(make_client, approver):
+    client = make_client(**approver.settings(tenant_id="acme", service_id="openexec-prod"))
+    payload = {"note": "asked", "n": [1, 2.5, "é"]}
+    answer = run(client, "echo", payload, "ask-1", None)
+    refused(answer, "approval_required")
+    asked = answer.json()["approval_request"]
+    assert asked["action"] == "echo" and asked["payload"] == payload
+    assert asked["nonce"] == "ask-1"
+    assert asked["tenant_id"] == "acme" and asked["aud"] == "openexec-prod"
+    assert stored_rows(client) == []  # asking reserves nothing
+
+    now = datetime.now(UTC)
+    v1 = mint_v1(
+        approver.private_key,
+        asked["action"],
+        asked["payload"],
+        approval_id="from-request-v1",
+        tenant_id=asked["tenant_id"],
+        issued_at=now.isoformat(),
+        expires_at=(now + timedelta(minutes=5)).isoformat(),
+    )
+    assert v1["action_hash"] == asked["v1_action_hash"]
+    assert run(client, "echo", payload, "ask-1", v1).status_code == 200
+
+    v2 = mint_v2(
+        approver.private_key,
+        "echo",
+        payload,
+        approval_id="from-request-v2",
+        tenant_id=asked["tenant_id"],
+        nonce="ask-2",
+        aud=asked["aud"],
+        iat=int(now.timestamp()),
+        exp=int(now.timestamp()) + 300,
+    )
+    body = json.loads(base64.b64decode(v2["payload"]))
+    assert body["payload_sha256"] == asked["v2_payload_sha256"]
+    assert run(client, "echo", payload, "ask-2", v2).status_code == 200

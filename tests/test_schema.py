@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from sqlalchemy import create_engine, text
 
 from openexec.settings import ConfigError, Settings
-from openexec.store import SCHEMA_VERSION, Store
+from openexec.store import SCHEMA_VERSION, Store, upgrade_schema
 
 
 @pytest.fixture
@@ -63,3 +67,83 @@ def test_schema_creation_survives_concurrent_starts(db_url):
         store.dispose()
     with create_engine(Settings(db_url=db_url).db_url).connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM openexec_schema")).scalar() == 1
+
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "store-v1"
+
+
+def v1_store(db_url: str) -> None:
+    """Make a current store look as version 1 left it: no approval_signed_sha256."""
+    prepared(db_url).dispose()
+    sql(db_url, "DROP INDEX ix_executions_approval_signed_sha256")
+    sql(db_url, "ALTER TABLE executions DROP COLUMN approval_signed_sha256")
+    sql(db_url, "UPDATE openexec_schema SET version = 1")
+
+
+def test_a_version_1_store_is_refused_with_the_command_that_upgrades_it(db_url):
+    v1_store(db_url)
+    with pytest.raises(ConfigError, match=r"version 1.*run `openexec db upgrade`") as error:
+        prepared(db_url)
+    assert error.value.variable == "OPENEXEC_DB_URL"
+    assert upgrade_schema(Settings(db_url=db_url)) == (1, SCHEMA_VERSION)
+    prepared(db_url).dispose()
+    assert upgrade_schema(Settings(db_url=db_url)) == (SCHEMA_VERSION, SCHEMA_VERSION)
+
+
+def test_upgrades_run_at_once_upgrade_once(db_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    v1_store(db_url)
+    with ThreadPoolExecutor(4) as pool:
+        found = sorted(pool.map(lambda _: upgrade_schema(Settings(db_url=db_url))[0], range(4)))
+    assert found == [1, 2, 2, 2]
+    prepared(db_url).dispose()
+
+
+def test_upgrade_refuses_a_schema_it_does_not_know(db_url):
+    prepared(db_url).dispose()
+    sql(db_url, f"UPDATE openexec_schema SET version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(ConfigError, match="refusing"):
+        upgrade_schema(Settings(db_url=db_url))
+
+
+def test_upgrade_of_an_empty_database_creates_the_schema(db_url):
+    assert upgrade_schema(Settings(db_url=db_url)) == (None, SCHEMA_VERSION)
+    prepared(db_url).dispose()
+
+
+def upgraded_fixture(tmp_path: Path, openexec_client):
+    """A copy of the store OpenExec 0.1.0 wrote, upgraded, served by today's code."""
+    import openexec_echo
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    directory = tmp_path / "store-v1"
+    shutil.copytree(FIXTURE_V1, directory)
+    db_url = f"sqlite:///{directory / 'openexec.db'}"
+    with pytest.raises(ConfigError, match="openexec db upgrade"):
+        prepared(db_url)
+    assert upgrade_schema(Settings(db_url=db_url)) == (1, SCHEMA_VERSION)
+    approver = load_pem_public_key((directory / "approver.pub").read_bytes())
+    client = openexec_client(
+        openexec_echo,
+        db_url=db_url,
+        receipt_key_path=directory / "receipt-key.pem",
+        mode="clawshield",
+        clawshield_public_keys=(approver,),
+    )
+    recorded = json.loads((directory / "executions.json").read_text())
+    return client, recorded
+
+
+def test_a_store_written_by_0_1_0_upgrades_and_keeps_every_guarantee(tmp_path, openexec_client):
+    client, recorded = upgraded_fixture(tmp_path, openexec_client)
+    assert len(recorded) == 5
+    for number, old in enumerate(recorded):
+        request, response = old["request"], old["response"]
+        replay = client.post("/execute", json=request)
+        assert replay.status_code == 200, replay.text
+        assert replay.json() == {**response, "replayed": True}  # stored answers unchanged
+        verdict = client.post("/receipts/verify", json={"envelope": response["receipt_envelope"]})
+        assert verdict.json()["valid"] is True
+        again = client.post("/execute", json={**request, "nonce": f"after-upgrade-{number}"})
+        assert again.status_code == 403 and again.json()["code"] == "approval_already_used"

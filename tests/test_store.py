@@ -468,7 +468,7 @@ def test_a_postgres_row_finishes_on_its_own_page_adding_nothing_to_its_indexes(
         model
         | dict.fromkeys(OUTCOME_COLUMNS)
         | {"id": str(uuid.uuid4()), "nonce": f"n-{n}", "approval_id": str(uuid.uuid4())}
-        | {"status": "running"}
+        | {"approval_signed_sha256": uuid.uuid4().hex * 2, "status": "running"}
         for n in range(60)
     ]
     assert reserve_rows(store, rows) == [1] * len(rows)
