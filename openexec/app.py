@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from openexec import __version__, api
+from openexec import __version__
+from openexec.api import docs, middleware, problems, routes
 from openexec.engine import Engine
 from openexec.plugins import InProcessPlugin, load_registry
 from openexec.receipts import load_receipt_signer, newest_receipt_key_id
@@ -60,11 +61,16 @@ def create_app(
         description="Governed, deterministic execution with signed receipts.",
         lifespan=lifespan,
         telemetry=NO_TELEMETRY,
+        redirect_slashes=False,  # a redirect's Location was built from the Host header
+        docs_url=None,  # /docs and /redoc come from docs.install_docs, served without a CDN
+        redoc_url=None,
     )
     app.state.engine = engine
-    api.add_execute_route(app)  # first: routes are matched in order, /execute is hot
-    app.include_router(api.service)
-    app.include_router(api.receipts)
-    api.install_error_handlers(app)
-    app.add_middleware(api.BodyLimit, max_bytes=settings.max_request_bytes)
+    routes.add_execute_route(app)  # first: routes are matched in order, /execute is hot
+    app.include_router(routes.service)
+    app.include_router(routes.receipts)
+    docs.install_docs(app)
+    problems.install_error_handlers(app)
+    app.add_middleware(middleware.BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(middleware.HeadAsGet)
     return app

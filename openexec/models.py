@@ -78,8 +78,61 @@ class VerifyRequest(BaseModel):
     envelope: dict[str, Any] | None = None
 
 
+class ApprovalReference(BaseModel):
+    """The approval a receipt names: its id, format, the artifact's SHA-256 and the key id of
+    the approver key that verified it."""
+
+    id: str
+    format: Literal["clawshield-v1", "openexec-v2"]
+    sha256: str
+    key_id: str
+
+
 class VerifyResponse(BaseModel):
+    """A verdict, and what the signed statement says (null when no signature verified)."""
+
     valid: bool
     reason: str | None
     exec_id: str | None = None
     status: str | None = None
+    mode: Literal["demo", "clawshield"] | None = None
+    approval: ApprovalReference | None = None
+
+
+class ValidationIssue(BaseModel):
+    """One reason a request does not match its model; ``loc`` is the path to the field."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ApprovalRequest(BaseModel):
+    """What a governance layer must sign to approve exactly the refused request."""
+
+    action: str
+    payload: dict[str, Any]
+    nonce: str
+    tenant_id: str | None
+    aud: str | None
+    request_sha256: str
+    v1_action_hash: str
+    v2_payload_sha256: str
+
+
+class Problem(BaseModel):
+    """An error answer, sent as ``application/problem+json`` (RFC 9457 problem details).
+
+    ``code`` is the machine-readable reason; ``detail`` one human sentence of at most 256
+    characters, quoting at most 64 of an input value. ``errors`` lists at most 20 validation
+    errors (``invalid_request``, ``payload_invalid``); ``approval_request`` comes with every 403
+    ``approval_*``; ``outcome`` with the 503 that reports an execution whose outcome could not
+    be recorded."""
+
+    type: str = Field(description='always "about:blank"')
+    status: int
+    code: str
+    detail: str
+    errors: list[ValidationIssue] | None = None
+    approval_request: ApprovalRequest | None = None
+    outcome: dict[str, Any] | None = None

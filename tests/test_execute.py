@@ -82,7 +82,8 @@ def test_action_error_is_recorded_as_failed_with_receipt(client):
     verdict = client.post(
         "/receipts/verify", json={"exec_id": body["id"], "receipt": body["receipt"], "result": None}
     ).json()
-    assert verdict == {"valid": True, "reason": None, "exec_id": None, "status": None}
+    signed = {"exec_id": body["id"], "status": "failed", "mode": "demo", "approval": None}
+    assert verdict == {"valid": True, "reason": None, **signed}
     assert stored_rows(client)[0]["error_code"] == "refused"
 
 

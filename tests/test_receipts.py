@@ -108,12 +108,9 @@ def test_api_verifies_the_genuine_receipt_both_ways(done):
     assert client.post("/receipts/verify", json=as_text).json()["valid"] is True
     by_envelope = {"envelope": response["receipt_envelope"], "result": response["result"]}
     verdict = client.post("/receipts/verify", json=by_envelope).json()
-    assert verdict == {
-        "valid": True,
-        "reason": None,
-        "exec_id": response["id"],
-        "status": "succeeded",
-    }
+    signed = {"exec_id": response["id"], "status": "succeeded", "mode": "demo", "approval": None}
+    assert verdict == {"valid": True, "reason": None, **signed}
+    assert client.post("/receipts/verify", json=by_id).json() == verdict  # both forms report
     assert client.post("/receipts/verify", json={"envelope": response["receipt_envelope"]}).json()[
         "valid"
     ]
@@ -228,3 +225,43 @@ def test_execution_ids_started_in_one_millisecond_differ():
     started = datetime(2026, 11, 24, 1, 2, 3, 456789, tzinfo=UTC)
     ids = {execution_id(started) for _ in range(1000)}
     assert len(ids) == 1000 and len({exec_id[:14] for exec_id in ids}) == 1
+
+
+def test_the_exec_id_form_reports_the_approval_of_a_clawshield_receipt(make_client, approver):
+    client = make_client(**approver.settings())
+    artifact = approver.v2("echo", {"a": 1})
+    response = execute(client, "echo", {"a": 1}, nonce="named", approval_artifact=artifact).json()
+    by_id = {
+        "exec_id": response["id"],
+        "receipt": response["receipt"],
+        "result": response["result"],
+    }
+    verdict = client.post("/receipts/verify", json=by_id).json()
+    assert verdict["valid"] is True and verdict["mode"] == "clawshield"
+    assert verdict["exec_id"] == response["id"] and verdict["status"] == "succeeded"
+    assert (
+        verdict["approval"]["id"]
+        == json.loads(base64.b64decode(artifact["payload"]))["approval_id"]
+    )
+    assert verdict["approval"]["format"] == "openexec-v2"
+    wrong = client.post("/receipts/verify", json={**by_id, "receipt": "0" * 64}).json()
+    assert wrong["valid"] is False and wrong["exec_id"] == response["id"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"echo": {"msg": "evil", "msg": "hello", "n": 1.5}}',  # duplicate key, last one wins
+        '{"echo": {"msg": "hello", "n": 1.5}, "echo": {"msg": "hello", "n": 1.5}}',
+        '{"echo": {"msg": "hello", "n": NaN}}',
+        '{"echo": {"msg": "hello\\ud800", "n": 1.5}}',
+        "[" * 100 + "]" * 100,
+    ],
+)
+def test_a_result_given_as_text_is_parsed_strictly(done, text):
+    client, response = done
+    lenient = {"exec_id": response["id"], "receipt": response["receipt"], "result": text}
+    for body in (lenient, {"envelope": response["receipt_envelope"], "result": text}):
+        verdict = client.post("/receipts/verify", json=body).json()
+        assert verdict["valid"] is False, text
+        assert "not acceptable JSON text" in verdict["reason"]

@@ -167,6 +167,8 @@ def test_killed_instance_leaves_an_indeterminate_execution_that_never_reruns(dep
         "reason": None,
         "exec_id": row["id"],
         "status": "indeterminate",
+        "mode": "demo",
+        "approval": None,
     }
 
     restarted = deployment(workers=1, **short_lease)

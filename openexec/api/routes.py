@@ -1,21 +1,20 @@
-"""HTTP routes. Small routers; the engine decides, the API only translates."""
+"""The routes: small routers whose handlers parse, ask the engine, and translate its answer."""
 
 from __future__ import annotations
 
 import json
-import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openexec import __version__
+from openexec.api.problems import quote
 from openexec.engine import Engine, Problem, validation_errors
 from openexec.models import (
     ActionSummary,
@@ -26,15 +25,12 @@ from openexec.models import (
     VerifyRequest,
     VerifyResponse,
 )
-from openexec.receipts import NO_RESULT, public_key_pem, verify_envelope
+from openexec.receipts import NO_RESULT, Verdict, public_key_pem, verify_envelope
 from openexec.signing import key_id
-from openexec.store import StoreUnavailable
 from openexec.strictjson import BadJson, parse_json
 
 Model = TypeVar("Model", bound=BaseModel)
 
-PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("openexec.api")
 
 service = APIRouter(tags=["service"])
 receipts = APIRouter(prefix="/receipts", tags=["receipts"])
@@ -46,8 +42,12 @@ def engine_of(request: Request) -> Engine:
 
 async def read_model(request: Request, model: type[Model]) -> Model:
     """Parse the body with the bounded JSON parser, then validate it against ``model``."""
-    if "json" not in request.headers.get("content-type", "application/json"):
-        raise Problem(415, "unsupported_media_type", "Send the request body as application/json.")
+    if not is_json(request.headers.getlist("content-type")):
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            "Send the request body as application/json (charset=utf-8 is the only parameter).",
+        )
     try:
         return model.model_validate(parse_json(await request.body()))
     except BadJson as exc:
@@ -61,6 +61,23 @@ async def read_model(request: Request, model: type[Model]) -> Model:
             "The request does not match the expected shape.",
             extra={"errors": validation_errors(exc)},
         ) from None
+
+
+def is_json(content_types: list[str]) -> bool:
+    """True for one ``Content-Type: application/json`` whose only parameter, if any, is
+    ``charset=utf-8`` (names and values case-insensitive, the value quoted or not; empty
+    parameters, as in ``application/json;``, are allowed by RFC 9110 and ignored).
+
+    A browser page may POST text/plain, form and multipart bodies to any site without a CORS
+    preflight, so a substring test for "json" (or a missing header taken as JSON) let a page
+    drive this API; no page can send application/json cross-site without asking first."""
+    if len(content_types) != 1:
+        return False
+    media_type, *parameters = content_types[0].split(";")
+    if media_type.strip().lower() != "application/json":
+        return False
+    given = [parameter.strip().lower() for parameter in parameters if parameter.strip()]
+    return given in ([], ["charset=utf-8"], ['charset="utf-8"'])
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -83,7 +100,7 @@ def health(request: Request) -> dict[str, Any]:
     engine = engine_of(request)
     registry = engine.registry
     answer: dict[str, Any] = {
-        "status": "ok",
+        "status": "healthy",
         "exec_mode": engine.settings.mode,
         "signature_verification": "enabled" if engine.verifier else "disabled",
         "restriction": "restricted" if registry.restricted else "open",
@@ -153,7 +170,6 @@ def add_execute_route(app: FastAPI) -> None:
         tags=["execution"],
         response_model=ExecuteResponse,
         openapi_extra=body_schema(ExecuteRequest),
-        responses={403: {}, 404: {}, 409: {}, 413: {}, 422: {}, 503: {}},
         route_class_override=DirectRoute,
     )
 
@@ -166,16 +182,6 @@ def receipt_keys(request: Request) -> list[ReceiptKey]:
     ]
 
 
-@receipts.get("/{exec_id}")
-async def receipt(exec_id: str, request: Request) -> JSONResponse:
-    execution = await engine_of(request).execution(exec_id)
-    if execution is None:
-        raise Problem(404, "receipt_not_found", f"No execution with id {exec_id!r}.")
-    if execution["receipt_envelope"] is None:
-        raise Problem(404, "receipt_pending", "The execution is still running; no receipt yet.")
-    return JSONResponse(json.loads(execution["receipt_envelope"]))
-
-
 @receipts.post("/verify", openapi_extra=body_schema(VerifyRequest))
 async def verify(request: Request) -> VerifyResponse:
     body = await read_model(request, VerifyRequest)
@@ -185,13 +191,7 @@ async def verify(request: Request) -> VerifyResponse:
     if body.envelope is not None:
         if body.exec_id is not None or body.receipt is not None:
             raise Problem(422, "invalid_request", "Send either an envelope or exec_id and receipt.")
-        verdict = verify_envelope(body.envelope, keys, given)
-        return VerifyResponse(
-            valid=verdict.valid,
-            reason=verdict.reason,
-            exec_id=verdict.exec_id,
-            status=verdict.status,
-        )
+        return verdict_response(verify_envelope(body.envelope, keys, given))
     if body.exec_id is None or body.receipt is None or given is NO_RESULT:
         raise Problem(422, "invalid_request", "Send exec_id, receipt and result, or an envelope.")
     execution = await engine.execution(body.exec_id)
@@ -199,88 +199,42 @@ async def verify(request: Request) -> VerifyResponse:
         return VerifyResponse(valid=False, reason="no finished execution with that exec_id")
     verdict = verify_envelope(json.loads(execution["receipt_envelope"]), keys, given)
     if verdict.valid and verdict.receipt != body.receipt.lower():
-        return VerifyResponse(valid=False, reason="receipt does not match the stored receipt")
-    return VerifyResponse(valid=verdict.valid, reason=verdict.reason)
+        verdict = replace(verdict, valid=False, reason="receipt does not match the stored receipt")
+    return verdict_response(verdict)
+
+
+def verdict_response(verdict: Verdict) -> VerifyResponse:
+    """The verdict with what the signed statement says, in both forms of /receipts/verify."""
+    return VerifyResponse(
+        valid=verdict.valid,
+        reason=verdict.reason,
+        exec_id=verdict.exec_id,
+        status=verdict.status,
+        mode=verdict.mode,
+        approval=verdict.approval,
+    )
+
+
+# Routes match in order: these two come after POST /receipts/verify, so that any other method
+# on /receipts/verify is a 405 naming POST, not a lookup of an execution called "verify".
+
+
+@receipts.get("/verify", include_in_schema=False)
+def verify_by_get() -> None:
+    """GET (and so HEAD) /receipts/verify is a 405, not a receipt lookup: execution ids are
+    UUIDs, and a client that GETs the verify route has got the method wrong."""
+    raise StarletteHTTPException(405, headers={"Allow": "POST"})
+
+
+@receipts.get("/{exec_id}")
+async def receipt(exec_id: str, request: Request) -> JSONResponse:
+    execution = await engine_of(request).execution(exec_id)
+    if execution is None:
+        raise Problem(404, "receipt_not_found", f"No execution with id {quote(exec_id)}.")
+    if execution["receipt_envelope"] is None:
+        raise Problem(404, "receipt_pending", "The execution is still running; no receipt yet.")
+    return JSONResponse(json.loads(execution["receipt_envelope"]))
 
 
 def plugin_summary(plugin: Any) -> PluginSummary:
     return PluginSummary(name=plugin.name, version=plugin.version, actions=list(plugin.actions))
-
-
-def problem_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    body = {"type": "about:blank", "status": status, "code": code, "detail": detail, **extra}
-    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_JSON)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as problem+json; an unexpected one is a bug, but still JSON."""
-
-    @app.exception_handler(Problem)
-    async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return problem_response(422, "invalid_request", "The request is invalid.", errors=errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return problem_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers
-        )
-
-    @app.exception_handler(Exception)
-    async def _bug(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return problem_response(
-            500, "internal_error", "An unexpected error occurred; it is logged."
-        )
-
-    @app.exception_handler(StoreUnavailable)
-    async def _store_down(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        return problem_response(503, "storage_unavailable", "The store is unavailable.")
-
-
-class BodyLimit:
-    """Refuse request bodies over the limit with 413, whether declared or streamed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            413, "request_too_large", f"The request body exceeds {self.max_bytes} bytes."
-        )
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
