@@ -5,8 +5,11 @@
     openexec actions [--json]
     openexec plugins [--json]
     openexec receipts verify receipt.json --public-key receipt-key.pub [--result '{...}']
+        [--require-approval]
+    openexec db upgrade
 
-Exit status: 0 success; 1 the receipt is not valid (``receipts verify`` only); 2 anything
+Exit status: 0 success; 1 the receipt is not valid, or no approval backed it and
+``--require-approval`` was given (``receipts verify`` only); 2 anything
 the caller must fix: bad arguments, unreadable or invalid input, a key file that already
 exists, invalid configuration or a plugin that fails to load.
 """
@@ -36,9 +39,10 @@ from openexec.plugins import PluginError, Registry, load_registry
 from openexec.receipts import NO_RESULT, verify_envelope
 from openexec.settings import ConfigError, Settings, parse_public_keys
 from openexec.signing import key_id
+from openexec.store import upgrade_schema
 from openexec.strictjson import BadJson, parse_json
 
-NONCE = re.compile(r"^[\x21-\x7e]{1,255}$")  # SPEC 3: printable ASCII, no whitespace
+NONCE = re.compile(r"^[\x21-\x7e]{1,255}$")  # as the API's nonces: printable ASCII, no spaces
 
 
 class CliError(Exception):
@@ -95,7 +99,19 @@ def _parser() -> argparse.ArgumentParser:
     result = verify.add_mutually_exclusive_group()
     result.add_argument("--result", help="the execution's result as JSON, to check its hash")
     result.add_argument("--result-file", help="file holding the result JSON ('-': stdin)")
+    verify.add_argument(
+        "--require-approval",
+        action="store_true",
+        help="also refuse a receipt that no approval backed (a demo-mode execution)",
+    )
     verify.set_defaults(run=_verify_receipt)
+
+    database = commands.add_parser("db", help="work with the service's database")
+    database_commands = database.add_subparsers(dest="db_command", required=True)
+    upgrade = database_commands.add_parser(
+        "upgrade", help="bring OPENEXEC_DB_URL's database to this version's schema"
+    )
+    upgrade.set_defaults(run=_upgrade_database)
     return parser
 
 
@@ -209,6 +225,23 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_database(_: argparse.Namespace) -> int:
+    """Upgrade the database the service would open under the current environment."""
+    try:
+        settings = Settings.from_env()
+        found, current = upgrade_schema(settings)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    where = settings.safe_db_url
+    if found is None:
+        print(f"created schema version {current} in {where}")
+    elif found == current:
+        print(f"{where} is at schema version {current} already; nothing to do")
+    else:
+        print(f"upgraded {where} from schema version {found} to {current}")
+    return 0
+
+
 def _load_registry() -> Registry:
     """What the service would load at startup under the current environment."""
     try:
@@ -234,11 +267,19 @@ def _verify_receipt(args: argparse.Namespace) -> int:
     elif args.result is not None:
         result = _parse_json(args.result, "--result")
     verdict = verify_envelope(envelope, keys, result=result)
-    if verdict.valid:
-        print(f"valid {verdict.exec_id} {verdict.status}")
-        return 0
-    print(f"invalid: {verdict.reason}")
-    return 1
+    if not verdict.valid:
+        print(f"invalid: {verdict.reason}")
+        return 1
+    if verdict.approval is None:
+        if args.require_approval:
+            print(f"invalid: no approval backed this execution (mode {verdict.mode})")
+            return 1
+        backed = "approval=none"
+    else:
+        backed = f"approval={verdict.approval['id']} ({verdict.approval['format']})"
+    # "valid <exec_id> <status>" first, as before, so scripts reading it keep working.
+    print(f"valid {verdict.exec_id} {verdict.status} mode={verdict.mode} {backed}")
+    return 0
 
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:

@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -303,8 +304,17 @@ RECEIPT_KEY = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
 RESULT = {"echo": {"msg": "hé"}}
 
 
-def receipt(key: Ed25519PrivateKey = RECEIPT_KEY, result: dict | None = RESULT) -> dict:
-    """A receipt envelope built from SPEC section 6, independently of openexec.receipts."""
+APPROVAL = {"id": "ap-1", "format": "openexec-v2", "sha256": "ab" * 32, "key_id": "cd" * 8}
+
+
+def receipt(
+    key: Ed25519PrivateKey = RECEIPT_KEY,
+    result: dict | None = RESULT,
+    mode: str = "demo",
+    approval: dict | None = None,
+) -> dict:
+    """A receipt envelope built from the format in docs/receipts.md, independently of
+    openexec.receipts."""
     request_sha256 = hashlib.sha256(
         rfc8785.dumps({"action": "echo", "payload": {"msg": "hé"}})
     ).hexdigest()
@@ -318,8 +328,8 @@ def receipt(key: Ed25519PrivateKey = RECEIPT_KEY, result: dict | None = RESULT) 
             "nonce": "n-1",
             "action": "echo",
             "plugin": {"name": "openexec-echo", "version": "0.1.0"},
-            "mode": "demo",
-            "approval": None,
+            "mode": mode,
+            "approval": approval,
             "request_sha256": request_sha256,
             "status": "succeeded",
             "result_sha256": None
@@ -354,7 +364,41 @@ def verify(tmp_path: Path, envelope: Path, key: Path, *extra: str, stdin: str | 
 def test_receipt_valid(tmp_path: Path, receipt_files: tuple[Path, Path]) -> None:
     result = verify(tmp_path, *receipt_files)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "valid ex-1 succeeded"
+    assert result.stdout.strip() == "valid ex-1 succeeded mode=demo approval=none"
+
+
+def test_receipt_valid_names_its_mode_and_approval(tmp_path: Path) -> None:
+    envelope_path, key_path = tmp_path / "receipt.json", tmp_path / "receipt-key.pub"
+    envelope_path.write_text(json.dumps(receipt(mode="clawshield", approval=APPROVAL)))
+    key_path.write_bytes(
+        RECEIPT_KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    for extra in ([], ["--require-approval"]):
+        result = verify(tmp_path, envelope_path, key_path, *extra)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == (
+            "valid ex-1 succeeded mode=clawshield approval=ap-1 (openexec-v2)"
+        )
+
+
+def test_receipt_verify_require_approval_refuses_a_receipt_no_approval_backed(
+    tmp_path: Path, receipt_files: tuple[Path, Path]
+) -> None:
+    result = verify(tmp_path, *receipt_files, "--require-approval")
+    assert result.returncode == 1
+    assert result.stdout.startswith("invalid: ")
+    assert "no approval" in result.stdout and "demo" in result.stdout
+    assert "valid ex-1" not in result.stdout
+
+
+def test_receipt_verify_require_approval_still_reports_a_bad_signature_first(
+    tmp_path: Path, receipt_files: tuple[Path, Path]
+) -> None:
+    envelope_path, key_path = receipt_files
+    envelope_path.write_text(json.dumps(receipt(Ed25519PrivateKey.generate())))
+    result = verify(tmp_path, envelope_path, key_path, "--require-approval")
+    assert result.returncode == 1
+    assert "Invalid signature" in result.stdout
 
 
 def test_receipt_valid_with_matching_result(
@@ -442,3 +486,52 @@ def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
     result = run(cwd=tmp_path)
     assert result.returncode == 2
     assert "usage" in result.stderr
+
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "store-v1"
+
+
+def test_db_upgrade_brings_a_0_1_0_store_to_the_current_schema(tmp_path: Path) -> None:
+    """The command the refusal names, run as an operator would: the service then starts."""
+    from tests.support.processes import Uvicorn
+
+    store = tmp_path / "store"
+    shutil.copytree(FIXTURE_V1, store)
+    env = {
+        "OPENEXEC_DB_URL": f"sqlite:///{store / 'openexec.db'}",
+        "OPENEXEC_RECEIPT_KEY": str(store / "receipt-key.pem"),
+        "OPENEXEC_MODE": "clawshield",
+        "CLAWSHIELD_PUBLIC_KEY": (store / "approver.pub").read_text(),
+    }
+    refused = subprocess.run(
+        [sys.executable, "-c", "import main"],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "run `openexec db upgrade`" in refused.stderr
+
+    upgraded = run("db", "upgrade", cwd=tmp_path, env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "from schema version 1 to 2" in upgraded.stdout
+    again = run("db", "upgrade", cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+    server = Uvicorn("main:app", env, log=tmp_path / "uvicorn.log")
+    try:
+        old = json.loads((store / "executions.json").read_text())[0]
+        replay = httpx.post(f"{server.url}/execute", json=old["request"], timeout=30)
+        assert replay.json() == {**old["response"], "replayed": True}
+    finally:
+        server.stop()
+
+
+def test_db_upgrade_refuses_a_database_it_did_not_create(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.db") as connection:
+        connection.execute("CREATE TABLE executions (id TEXT PRIMARY KEY)")
+    result = run("db", "upgrade", cwd=tmp_path, env={"OPENEXEC_DB_URL": "sqlite:///other.db"})
+    assert result.returncode == 2 and "not created by OpenExec" in result.stderr
