@@ -1,7 +1,7 @@
 """The ceiling: the least work an honest ``POST /execute`` answer takes, with no database.
 
 It parses the same request body, verifies the same ClawShield v1 signature and action-hash
-binding (SPEC section 5) with the approver key parsed once at startup, signs a receipt-sized
+binding (docs/approvals.md) with the approver key parsed once at startup, signs a receipt-sized
 message with an Ed25519 key and answers with a body the size of the service's. Every scenario's
 throughput is reported as a fraction of this app's, measured in the same run under the same
 uvicorn flags, so the ratio shows what the store, the ORM and the engine's bookkeeping cost.

@@ -63,7 +63,7 @@ class Database:
             store.dispose()
 
     def durability(self) -> dict[str, str]:
-        """The SQLite pragmas the service's own connections run with (SPEC: durable commits)."""
+        """The SQLite pragmas the service's own connections run with (durable commits)."""
         store = Store(Settings.from_env({"OPENEXEC_DB_URL": self.url}))
         try:
             with store.engine.connect() as connection:

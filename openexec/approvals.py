@@ -1,13 +1,13 @@
 """Approval artifacts: verifying (and, for tools and tests, minting) what the approver signed.
 
-Two formats are accepted (SPEC section 5):
+Two formats are accepted (docs/approvals.md):
 
 * ``clawshield-v1``: ``{"approval_id", "tenant_id", "action_hash", "issued_at", "expires_at",
   "signature"}``, byte-compatible with what ClawShield issues.
 * ``openexec-v2``: a DSSE envelope whose JCS payload binds action, payload hash, tenant,
   nonce and audience.
 
-Decisions where the spec is silent, all failing closed:
+Decisions where the formats leave room, all failing closed:
 
 * A v1 ``tenant_id`` of ``""`` means "no tenant": the Approval's ``tenant_id`` is None. When a
   tenant is configured, such an approval is a tenant mismatch. In v2 "no tenant" is ``null``,
@@ -151,7 +151,7 @@ class ApprovalVerifier:
         )
 
     def verify(self, artifact: object, action: str, payload: dict, nonce: str) -> Approval:
-        """SPEC step 2: format, signature, binding to action and payload (v2: nonce, aud), tenant.
+        """Step 2: format, signature, binding to action and payload (v2: nonce, aud), tenant.
 
         The time window is deliberately not checked here: an expired approval must still
         replay a finished execution, so the engine checks it later with ``check_window``.
@@ -188,7 +188,7 @@ class ApprovalVerifier:
         }
 
     def check_window(self, approval: Approval, now: datetime) -> None:
-        """SPEC step 4: reject an approval outside its validity window, allowing clock skew."""
+        """Step 4: reject an approval outside its validity window, allowing clock skew."""
         now = _as_utc(now)
         # Differences of aware datetimes cannot overflow, unlike adding the leeway to a bound.
         if now - approval.expires_at > self.clock_skew:
@@ -374,7 +374,7 @@ def _v1_signed_bytes(fields: dict) -> bytes:
 
 
 def _v1_binding_hash(action: str, payload: dict) -> str:
-    """SPEC 5 v1 ``action_hash``: exactly Python's default ``json.dumps`` with sorted keys."""
+    """The v1 ``action_hash``: exactly Python's default ``json.dumps`` with sorted keys."""
     try:
         text = V1_BINDING_JSON.encode({"action": action, "payload": payload})
     except (TypeError, ValueError, RecursionError):
@@ -420,12 +420,12 @@ def _check_id(value: str, field: str) -> str:
 
 
 def _as_utc(moment: datetime) -> datetime:
-    """Aware UTC; a naive time is taken to be UTC already (SPEC 5), never local time."""
+    """Aware UTC; a naive time is taken to be UTC already (docs/approvals.md), never local time."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _parse_iso_time(text: str, field: str) -> datetime:
-    """ISO 8601 to aware UTC; a time without an offset is UTC (SPEC 5)."""
+    """ISO 8601 to aware UTC; a time without an offset is UTC (docs/approvals.md)."""
     try:
         return _as_utc(datetime.fromisoformat(text))
     except (ValueError, OverflowError):

@@ -1,4 +1,4 @@
-"""Execution semantics (spec section 4): check, reserve, run once, record, receipt.
+"""Execution semantics (docs/execution.md): check, reserve, run once, record, receipt.
 
 Data flows one way: the API hands a parsed request to ``Engine.execute``; the engine talks to
 the store and the plugins' handlers and returns the response body or raises a ``Problem``.

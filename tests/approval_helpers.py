@@ -1,4 +1,4 @@
-"""An approval minter written from SPEC section 5 alone, independent of openexec.approvals.
+"""An approval minter written from docs/approvals.md alone, independent of openexec.approvals.
 
 The compatibility tests mint with this and verify with openexec, so a shared misreading of
 the format cannot make both sides agree by accident. Only json, hashlib, base64,

@@ -1,4 +1,4 @@
-"""Byte-compatibility: artifacts minted from the spec text (approval_helpers) verify in openexec.
+"""Byte-compatibility: artifacts minted from the documented formats verify in openexec.
 
 v1 must match what ClawShield already issues, so its hash input is pinned to hand-written
 bytes here rather than to anything computed by the code under test.

@@ -30,7 +30,7 @@ def run(client, action, payload, nonce, artifact):
 
 
 def refused(response, code: str, fragment: str | None = None) -> None:
-    """A 403 with ``code`` that carries a consistent ``approval_request`` (SPEC 3)."""
+    """A 403 with ``code`` that carries a consistent ``approval_request`` (docs/api.md)."""
     assert response.status_code == 403, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == code
