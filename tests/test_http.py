@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 import openexec_echo
 import pytest
 
+from openexec.api.routes import is_json
 from tests.conftest import PROBE, execute, stored_rows
 from tests.support.processes import Uvicorn
 
@@ -56,6 +57,11 @@ REFUSED_CONTENT_TYPES = [
     "application/json; charset",
     "application /json",
     "text/plain",
+    # str.strip() takes these for white space; HTTP's optional white space is SP and HTAB only
+    "application/json\x1c",
+    "\xa0application/json",
+    "application/json;\x85charset=utf-8\x1f",
+    'application/json\x1e;\x1fcharset="utf-8"',
 ]
 ACCEPTED_CONTENT_TYPES = [
     "application/json",
@@ -68,8 +74,14 @@ ACCEPTED_CONTENT_TYPES = [
 ]
 
 
-def with_content_type(content_type: str | None) -> dict[str, str]:
-    return {} if content_type is None else {"content-type": content_type}
+@pytest.mark.parametrize("content_type", [c for c in REFUSED_CONTENT_TYPES if c is not None])
+def test_is_json_refuses_what_the_service_refuses(content_type):
+    assert not is_json([content_type])
+
+
+def with_content_type(content_type: str | None) -> dict[str, bytes]:
+    """The header as the bytes a client sends (latin-1, as HTTP fields are)."""
+    return {} if content_type is None else {"content-type": content_type.encode("latin-1")}
 
 
 @pytest.mark.parametrize("content_type", REFUSED_CONTENT_TYPES)
