@@ -1,10 +1,15 @@
-"""How much one unauthenticated request can delay the others: ``python -m bench.flood``.
+"""How much unauthenticated requests can delay the others: ``python -m bench.flood``.
 
 A clawshield-mode server (one worker, three approver keys) answers ``GET /health`` in a loop
-while another client sends v2 approvals carrying ``FLOOD_SIGNATURES`` signatures, each one
-shaped to cost a full Ed25519 verification. It prints the health probes' latency without and
-with the flood, and their ratio, measured in one run. Before signatures were bounded
-(openexec.signing.MAX_SIGNATURES), each flood request held the event loop for seconds.
+while another client floods it, in two rounds:
+
+* ``signatures``: v2 approvals carrying ``FLOOD_SIGNATURES`` signatures, each one shaped to
+  cost a full Ed25519 verification. Before signatures were bounded
+  (openexec.signing.MAX_SIGNATURES), each such request held the event loop for seconds.
+* ``floats``: a megabyte of floats and no approval. The 403 carries the request's hashes, and
+  canonical JSON of floats is rfc8785's pure-Python path; it runs on a worker thread.
+
+It prints the probes' latency alone and under each flood, and the ratios, from one run.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from openexec.receipts import public_key_pem
 
 FLOOD_SIGNATURES = 5000
 FLOOD_REQUESTS = 20
+FLOATS = 50_000  # about 1 MB of JSON: the largest body the default limit takes
 PROBES = 200
 
 
@@ -40,6 +46,11 @@ def flood_body(approver: Ed25519PrivateKey, number: int) -> bytes:
     envelope["signatures"] = junk + envelope["signatures"]
     body = {"action": "echo", "payload": {}, "nonce": f"flood-{number}"}
     return json.dumps({**body, "approval_artifact": envelope}).encode()
+
+
+def float_body(number: int) -> bytes:
+    payload = {"a": [0.1 + n for n in range(FLOATS)]}
+    return json.dumps({"action": "echo", "payload": payload, "nonce": f"floats-{number}"}).encode()
 
 
 def post(url: str, body: bytes) -> int:
@@ -79,7 +90,10 @@ def summary(latencies: list[float]) -> str:
 def main() -> None:
     approver = Ed25519PrivateKey.generate()
     keys = [Ed25519PrivateKey.generate().public_key() for _ in range(2)] + [approver.public_key()]
-    bodies = [flood_body(approver, n) for n in range(FLOOD_REQUESTS)]
+    floods = {
+        "signatures": [flood_body(approver, n) for n in range(FLOOD_REQUESTS)],
+        "floats": [float_body(n) for n in range(FLOOD_REQUESTS)],
+    }
     with tempfile.TemporaryDirectory() as directory:
         env = {
             "OPENEXEC_MODE": "clawshield",
@@ -89,20 +103,22 @@ def main() -> None:
         }
         with running("main:app", env, 1, Path(directory) / "server.log") as server:
             quiet = probe_latencies_ms(server.url, PROBES)
-            statuses: list[int] = []
+            print(f"/health alone:              {summary(quiet)}")
+            for name, bodies in floods.items():
+                statuses: list[int] = []
 
-            def flood() -> None:
-                statuses.extend(post(server.url + "/execute", body) for body in bodies)
+                def flood(bodies: list[bytes] = bodies, statuses: list[int] = statuses) -> None:
+                    statuses.extend(post(server.url + "/execute", body) for body in bodies)
 
-            flooding = threading.Thread(target=flood)
-            flooding.start()
-            loud = probe_latencies_ms(server.url, PROBES, while_running=flooding)
-            flooding.join()
-    print(f"{FLOOD_REQUESTS} requests of {FLOOD_SIGNATURES} signatures, 3 approver keys")
-    print(f"flood answers: {sorted(set(statuses))}")
-    print(f"/health alone:       {summary(quiet)}")
-    print(f"/health under flood: {summary(loud)}")
-    print(f"p99 under flood / alone: {p99(loud) / p99(quiet):.2f}x")
+                flooding = threading.Thread(target=flood)
+                flooding.start()
+                loud = probe_latencies_ms(server.url, PROBES, while_running=flooding)
+                flooding.join()
+                print(
+                    f"/health under {name:>10} flood: {summary(loud)}   "
+                    f"p99 {p99(loud) / p99(quiet):.2f}x alone; "
+                    f"{FLOOD_REQUESTS} answered {sorted(set(statuses))}"
+                )
 
 
 if __name__ == "__main__":

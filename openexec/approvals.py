@@ -58,7 +58,7 @@ from openexec.signing import (
     key_id,
     open_envelope,
     pae,
-    request_sha256,
+    request_sha256_of,
     sha256_hex,
     sign_envelope,
 )
@@ -150,16 +150,24 @@ class ApprovalVerifier:
             clock_skew_s=settings.clock_skew_s,
         )
 
-    def verify(self, artifact: object, action: str, payload: dict, nonce: str) -> Approval:
+    def verify(
+        self,
+        artifact: object,
+        action: str,
+        payload: dict,
+        nonce: str,
+        payload_jcs: bytes | None = None,
+    ) -> Approval:
         """Step 2: format, signature, binding to action and payload (v2: nonce, aud), tenant.
 
         The time window is deliberately not checked here: an expired approval must still
         replay a finished execution, so the engine checks it later with ``check_window``.
+        ``payload_jcs``, the payload's JCS bytes when the caller has them, saves making them.
         """
         if not isinstance(artifact, dict):
             raise _malformed("The approval artifact must be a JSON object.")
         if V2_ENVELOPE_FIELDS & artifact.keys():
-            approval = self._verify_v2(artifact, action, payload, nonce)
+            approval = self._verify_v2(artifact, action, payload, nonce, payload_jcs)
         elif V1_FIELDS & artifact.keys():
             approval = self._verify_v1(artifact, action, payload)
         else:
@@ -173,18 +181,19 @@ class ApprovalVerifier:
             )
         return approval
 
-    def approval_request(self, request: ExecuteRequest) -> dict[str, Any]:
+    def approval_request(self, request: ExecuteRequest, payload_jcs: bytes) -> dict[str, Any]:
         """What a governance layer signs to approve exactly ``request`` here: the request,
-        this service's tenant and audience, and the hashes each format binds."""
+        this service's tenant and audience, and the hashes each format binds (from the
+        payload's JCS bytes, made once per request)."""
         return {
             "action": request.action,
             "payload": request.payload,
             "nonce": request.nonce,
             "tenant_id": self.tenant_id,
             "aud": self.service_id,
-            "request_sha256": request_sha256(request.action, request.payload),
+            "request_sha256": request_sha256_of(request.action, payload_jcs),
             "v1_action_hash": _v1_binding_hash(request.action, request.payload),
-            "v2_payload_sha256": _v2_payload_hash(request.payload),
+            "v2_payload_sha256": sha256_hex(payload_jcs),
         }
 
     def check_window(self, approval: Approval, now: datetime) -> None:
@@ -250,7 +259,9 @@ class ApprovalVerifier:
             "Invalid signature: no configured approver key verifies this approval.",
         )
 
-    def _verify_v2(self, envelope: dict, action: str, payload: dict, nonce: str) -> Approval:
+    def _verify_v2(
+        self, envelope: dict, action: str, payload: dict, nonce: str, payload_jcs: bytes | None
+    ) -> Approval:
         _check_fields(envelope, V2_ENVELOPE_FIELDS, "v2 approval envelope")
         signatures = envelope["signatures"]
         if isinstance(signatures, list):
@@ -278,7 +289,8 @@ class ApprovalVerifier:
                 "approval_hash_mismatch",
                 "Action hash mismatch: the approval is for a different action.",
             )
-        if claims["payload_sha256"] != _v2_payload_hash(payload):
+        bound = _v2_payload_hash(payload) if payload_jcs is None else sha256_hex(payload_jcs)
+        if claims["payload_sha256"] != bound:
             raise ApprovalError(
                 "approval_hash_mismatch",
                 "Payload hash mismatch: the approval is for a different payload.",

@@ -29,7 +29,12 @@ from openexec.models import ExecuteRequest
 from openexec.plugins import RegisteredAction, Registry
 from openexec.receipts import ReceiptSigner
 from openexec.settings import Settings
-from openexec.signing import COMPACT, canonical_json, request_sha256, sha256_hex
+from openexec.signing import (
+    COMPACT,
+    canonical_json_async,
+    request_sha256_of,
+    sha256_hex,
+)
 from openexec.store import Store, StoredExecution, StoreUnavailable
 
 log = logging.getLogger("openexec.engine")
@@ -119,9 +124,10 @@ class Engine:
     async def execute(self, request: ExecuteRequest) -> str:
         """Run or replay a request; returns the response as JSON text."""
         registered = self._lookup(request.action)
-        approval = self._verify_approval(request)
+        payload_jcs = await canonical_json_async(request.payload)  # a parsed body always has one
+        approval = self._verify_approval(request, payload_jcs)
         tenant = approval.tenant_id if approval else None
-        request_hash = request_sha256(request.action, request.payload)
+        request_hash = request_sha256_of(request.action, payload_jcs)
         approval_id = approval.approval_id if approval else None
         approval_signed = approval.signed_sha256 if approval else None
         # A new request is reserved at once, and the row is looked up only when the database
@@ -129,7 +135,11 @@ class Engine:
         # or a payload the action no longer accepts, can still replay). The answer is the one
         # looking first gives; a new request saves a read. While most requests are retries,
         # looking first is the cheaper order, and the engine takes it.
-        payload = None if self._taken.mostly else self._reservable(registered, request, approval)
+        payload = (
+            None
+            if self._taken.mostly
+            else self._reservable(registered, request, payload_jcs, approval)
+        )
         unwritable = False
         if payload is not None:
             execution = self._new_execution(request, registered, approval, request_hash)
@@ -152,7 +162,7 @@ class Engine:
             if unwritable:  # new, and the store just failed a write: no second wait for it
                 raise Problem(503, "storage_unavailable", STORE_DOWN)
             if approval is not None:
-                self._check_approval_usable(request, approval, approval_used)
+                self._check_approval_usable(request, payload_jcs, approval, approval_used)
             payload = self._validate_payload(registered, request.payload)
             execution = self._new_execution(request, registered, approval, request_hash)
             if await self._write(self.store.reserve(execution)):
@@ -172,31 +182,38 @@ class Engine:
             )
         return registered
 
-    def _verify_approval(self, request: ExecuteRequest) -> Approval | None:
+    def _verify_approval(self, request: ExecuteRequest, payload_jcs: bytes) -> Approval | None:
         if self.verifier is None:
             return None
         if request.approval_artifact is None:
             raise self._refusal(
                 request,
+                payload_jcs,
                 ApprovalError(
                     "approval_required", "ClawShield mode requires an approval artifact."
                 ),
             )
         try:
             return self.verifier.verify(
-                request.approval_artifact, request.action, request.payload, request.nonce
+                request.approval_artifact,
+                request.action,
+                request.payload,
+                request.nonce,
+                payload_jcs,
             )
         except ApprovalError as exc:
-            raise self._refusal(request, exc) from None
+            raise self._refusal(request, payload_jcs, exc) from None
 
-    def _refusal(self, request: ExecuteRequest, refused: ApprovalError) -> Problem:
+    def _refusal(
+        self, request: ExecuteRequest, payload_jcs: bytes, refused: ApprovalError
+    ) -> Problem:
         """A 403 that carries what the approver must sign to approve exactly this request, so
         an agent can forward it; nothing is reserved by asking."""
         return Problem(
             403,
             refused.code,
             refused.detail,
-            extra={"approval_request": self.verifier.approval_request(request)},
+            extra={"approval_request": self.verifier.approval_request(request, payload_jcs)},
         )
 
     # Step 3: a nonce seen before.
@@ -240,28 +257,33 @@ class Engine:
     # Steps 4–6: approval window and single use, payload, reservation.
 
     def _check_approval_usable(
-        self, request: ExecuteRequest, approval: Approval, used: bool
+        self, request: ExecuteRequest, payload_jcs: bytes, approval: Approval, used: bool
     ) -> None:
         try:
             self.verifier.check_window(approval, utc_now())
         except ApprovalError as exc:
-            raise self._refusal(request, exc) from None
+            raise self._refusal(request, payload_jcs, exc) from None
         if used:
             raise self._refusal(
                 request,
+                payload_jcs,
                 ApprovalError(
                     "approval_already_used", "This approval already backed another execution."
                 ),
             )
 
     def _reservable(
-        self, registered: RegisteredAction, request: ExecuteRequest, approval: Approval | None
+        self,
+        registered: RegisteredAction,
+        request: ExecuteRequest,
+        payload_jcs: bytes,
+        approval: Approval | None,
     ) -> Any:
         """The validated payload if steps 4-5 pass as far as they can be told without the
         store (the approval's earlier use is the database's to refuse); otherwise None."""
         try:
             if approval is not None:
-                self._check_approval_usable(request, approval, used=False)
+                self._check_approval_usable(request, payload_jcs, approval, used=False)
             return self._validate_payload(registered, request.payload)
         except Exception:  # the lookup path decides, and raises it again for a new request
             return None
@@ -371,7 +393,7 @@ class Engine:
             log.exception("action %s (execution %s) raised", context.action, context.exec_id)
             return Outcome.failure("failed", "internal_error", INTERNAL_ERROR_MESSAGE)
         try:
-            return Outcome.success(value)
+            return await Outcome.success(value)
         except (TypeError, ValueError) as exc:
             log.error("action %s (execution %s): %s", context.action, context.exec_id, exc)
             message = (
@@ -532,11 +554,11 @@ class Outcome:
     error: dict[str, str] | None = None
 
     @classmethod
-    def success(cls, value: Any) -> Outcome:
+    async def success(cls, value: Any) -> Outcome:
         """Handlers must return a JSON object; anything else is the handler's failure."""
         if not isinstance(value, dict):
             raise TypeError(f"handler returned {type(value).__name__}, not a JSON object")
-        return cls("succeeded", canonical_json(value).decode())
+        return cls("succeeded", (await canonical_json_async(value)).decode())
 
     @classmethod
     def failure(cls, status: str, code: str, message: str) -> Outcome:

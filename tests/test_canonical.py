@@ -7,7 +7,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openexec.signing import canonical_json, canonical_json_of_text
+from openexec.signing import canonical_json, canonical_json_of_text, request_sha256_of, sha256_hex
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 keys = st.one_of(text, st.sampled_from(["a", "b", "é", "\U0001f600", "\ufb01", "\U00010000x", ""]))
@@ -73,3 +73,11 @@ def test_canonical_json_of_text_is_rfc8785(value):
 def test_canonical_json_of_text_refuses_a_lone_surrogate():
     with pytest.raises(ValueError):
         canonical_json_of_text({"error": {"message": "bad \ud800"}})
+
+
+@given(values)
+@settings(max_examples=300, deadline=None)
+def test_request_sha256_of_the_payloads_bytes_is_the_jcs_hash_of_the_request(payload):
+    payload = {"p": payload}
+    whole = rfc8785.dumps({"action": "files.read", "payload": payload})
+    assert request_sha256_of("files.read", rfc8785.dumps(payload)) == sha256_hex(whole)
