@@ -10,9 +10,9 @@ from fastapi import FastAPI
 
 from openexec import __version__
 from openexec.api import docs, middleware, problems, routes
-from openexec.engine import Engine
+from openexec.engine import Engine, rfc3339, utc_now
 from openexec.plugins import InProcessPlugin, load_registry
-from openexec.receipts import load_receipt_signer, newest_receipt_key_id
+from openexec.receipts import load_receipt_signer
 from openexec.settings import Settings
 from openexec.store import Store
 
@@ -35,7 +35,8 @@ def create_app(
     store = Store(settings)
     try:
         store.prepare()
-        signer = load_receipt_signer(settings, signed_by=newest_receipt_key_id(store))
+        signer = load_receipt_signer(settings, signed_by=store.receipt_key_ids())
+        store.record_receipt_key(signer.key_id, rfc3339(utc_now()))
     except BaseException:
         store.dispose()
         raise

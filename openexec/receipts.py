@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
@@ -24,9 +24,6 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from openexec.settings import ConfigError, Settings
-
-if TYPE_CHECKING:
-    from openexec.store import Store
 from openexec.signing import (
     EnvelopeError,
     canonical_json,
@@ -87,43 +84,41 @@ def result_sha256(result: dict[str, Any] | None) -> str | None:
     return None if result is None else sha256_hex(canonical_json(result))
 
 
-def load_receipt_signer(settings: Settings, signed_by: str | None = None) -> ReceiptSigner:
+def load_receipt_signer(
+    settings: Settings, signed_by: frozenset[str] = frozenset()
+) -> ReceiptSigner:
     """Load the configured receipt key, or create one beside the database on first start.
 
-    ``signed_by`` is the key id of the newest receipt the store holds (None: it holds none).
-    A key is never created, nor another accepted, while that receipt's key is not among the
-    trusted ones: receipts the store holds would stop verifying. Startup stops instead, so
-    the operator restores the key (docs/operations.md).
+    ``signed_by`` holds the ids of the keys the store's receipts may be signed with (the
+    store's receipt_keys). A key is never created, nor the service started, while one of them
+    is not among the trusted keys: receipts the store holds would stop verifying. Startup
+    stops instead, so the operator restores the key (docs/operations.md).
     """
     path = settings.receipt_key_path
     if path is None:
         sqlite_path = settings.sqlite_path
         path = (sqlite_path.parent if sqlite_path else Path.cwd()) / DEFAULT_KEY_NAME
         if not path.exists():
-            if signed_by is not None:
+            if signed_by:
                 raise ConfigError(
                     "OPENEXEC_RECEIPT_KEY",
-                    f"the store holds receipts signed by key {signed_by}, but the receipt key "
-                    f"{str(path)!r} is missing: restore it from the backup taken with the "
-                    "database (a new key would leave those receipts unverifiable)",
+                    f"the store holds receipts signed by key {', '.join(sorted(signed_by))}, "
+                    f"but the receipt key {str(path)!r} is missing: restore it from the backup "
+                    "taken with the database (a new key would leave those receipts "
+                    "unverifiable)",
                 )
             _create_key_file(path)
     private_key = _read_private_key(path, "OPENEXEC_RECEIPT_KEY")
     signer = ReceiptSigner(private_key, settings.receipt_public_keys)
-    if signed_by is not None and signed_by not in {key_id(k) for k in signer.trusted_keys}:
+    unknown = sorted(signed_by - {key_id(k) for k in signer.trusted_keys})
+    if unknown:
         raise ConfigError(
             "OPENEXEC_RECEIPT_KEY",
-            f"the store's newest receipt is signed by key {signed_by}, which is neither this "
-            f"receipt key ({signer.key_id}) nor listed in OPENEXEC_RECEIPT_PUBLIC_KEYS: restore "
-            "that key, or list its public key if it was rotated out",
+            f"the store holds receipts signed by key {', '.join(unknown)}, which is neither "
+            f"this receipt key ({signer.key_id}) nor listed in OPENEXEC_RECEIPT_PUBLIC_KEYS: "
+            "restore that key, or list its public key if it was rotated out",
         )
     return signer
-
-
-def newest_receipt_key_id(store: Store) -> str | None:
-    """The key id that signed the store's newest receipt, or None when it holds none."""
-    envelope = store.newest_receipt_envelope()
-    return None if envelope is None else json.loads(envelope)["signatures"][0]["keyid"]
 
 
 def private_key_pem(private_key: Ed25519PrivateKey) -> bytes:

@@ -105,6 +105,17 @@ class Execution(SQLModel, table=True):
     response: str | None = None
 
 
+class ReceiptKeyRecord(SQLModel, table=True):
+    """A receipt key the service started with, by key id: its receipts may be in the store, so
+    it must stay among the trusted keys. Kept apart from the executions, so that checking it at
+    startup reads a few rows, not every receipt."""
+
+    __tablename__ = "receipt_keys"
+
+    key_id: str = Field(primary_key=True, max_length=16)
+    first_used_at: str = Field(max_length=40)
+
+
 class SchemaInfo(SQLModel, table=True):
     """The schema version this database was created with."""
 
@@ -114,6 +125,7 @@ class SchemaInfo(SQLModel, table=True):
 
 
 EXECUTIONS = Execution.__table__
+RECEIPT_KEYS = ReceiptKeyRecord.__table__
 StoredExecution = dict[str, Any]  # one executions row, keyed by column name
 EMPTY_ROW: StoredExecution = dict.fromkeys(EXECUTIONS.columns.keys())
 
@@ -128,12 +140,6 @@ LOOKUP = select(*(c for c in EXECUTIONS.columns if c.name != "receipt_envelope")
     )
 )
 GET = select(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("exec_id"))
-NEWEST_RECEIPT = (
-    select(EXECUTIONS.c.receipt_envelope)
-    .where(EXECUTIONS.c.receipt_envelope.is_not(None))
-    .order_by(EXECUTIONS.c.id.desc())
-    .limit(1)
-)
 FINISH = update(EXECUTIONS).where(
     EXECUTIONS.c.id == bindparam("target_id"), EXECUTIONS.c.status == "running"
 )
@@ -289,11 +295,20 @@ class Store:
         )
         return holder, used
 
-    def newest_receipt_envelope(self) -> str | None:
-        """The receipt envelope of the execution with the greatest id (ids are time-ordered),
-        or None when no execution has one: read once at startup, to check its key is here."""
+    def receipt_key_ids(self) -> frozenset[str]:
+        """Every receipt key this store's executions may have been signed with: read once at
+        startup, so the service refuses to start without one of them (openexec.receipts)."""
         with self.engine.connect() as connection:
-            return connection.execute(NEWEST_RECEIPT).scalar()
+            return frozenset(connection.execute(select(ReceiptKeyRecord.key_id)).scalars())
+
+    def record_receipt_key(self, key_id: str, now: str) -> None:
+        """Note that this key signs receipts from now on (at startup, before it signs any)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                _insert_statement(self.kind)(RECEIPT_KEYS)
+                .values(key_id=key_id, first_used_at=now)
+                .on_conflict_do_nothing()
+            )
 
     def get(self, exec_id: str) -> StoredExecution | None:
         rows = self._read(self._get, {"exec_id": exec_id})
@@ -870,14 +885,26 @@ def upgrade_schema(settings: Settings) -> tuple[int | None, int]:
 
 
 def _upgrade_1_to_2(connection: Any) -> None:
-    """Version 2 consumes approvals under their signed bytes too. Rows written before hold
-    NULL there: they stay consumed under their approval_id, as they always were."""
+    """Version 2 consumes approvals under their signed bytes too, and records the receipt keys.
+    Rows written before hold NULL in approval_signed_sha256: they stay consumed under their
+    approval_id, as they always were. The keys that signed the store's receipts so far are
+    read from the envelopes themselves, once."""
     column = EXECUTIONS.c.approval_signed_sha256
     column_type = column.type.compile(dialect=connection.dialect)
     connection.exec_driver_sql(f"ALTER TABLE executions ADD COLUMN {column.name} {column_type}")
     for index in EXECUTIONS.indexes:
         if column in index.columns.values():
             index.create(connection)
+    RECEIPT_KEYS.create(connection)
+    key_id = (
+        "receipt_envelope::json -> 'signatures' -> 0 ->> 'keyid'"
+        if connection.dialect.name == "postgresql"
+        else "json_extract(receipt_envelope, '$.signatures[0].keyid')"
+    )
+    connection.exec_driver_sql(
+        f"INSERT INTO receipt_keys (key_id, first_used_at) SELECT {key_id}, MIN(completed_at) "
+        "FROM executions WHERE receipt_envelope IS NOT NULL GROUP BY 1"
+    )
     connection.execute(update(SchemaInfo).values(version=2))
 
 
@@ -940,8 +967,12 @@ def _dicts(cursor: Any) -> list[StoredExecution]:
 def _insert_if_absent(kind: str) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING: a taken nonce or approval inserts nothing, and the
     driver's rowcount (SQLite's changes(), PostgreSQL's command tag) says 0."""
-    dialect_insert = postgresql_insert if kind == "postgresql" else sqlite_insert
-    return dialect_insert(EXECUTIONS).on_conflict_do_nothing()
+    return _insert_statement(kind)(EXECUTIONS).on_conflict_do_nothing()
+
+
+def _insert_statement(kind: str) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT."""
+    return postgresql_insert if kind == "postgresql" else sqlite_insert
 
 
 def _create_engine(settings: Settings) -> Engine:

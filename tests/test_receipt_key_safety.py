@@ -119,3 +119,21 @@ def test_backup_and_restore_of_the_database_with_its_key(tmp_path):
     (restored / DEFAULT_KEY_NAME).unlink()
     with pytest.raises(ConfigError, match="restore it"):
         create_app(settings, [ECHO])
+
+
+def test_every_key_that_signed_must_stay_trusted_not_only_the_newest(tmp_path):
+    """Key A signs, B takes over with A listed, B signs; dropping A from the list is refused,
+    though the newest receipt is B's (an earlier check looked at the newest receipt only)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key_a, key_b = tmp_path / "a.pem", tmp_path / "b.pem"
+    key_a.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
+    key_b.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
+    public_a = load_pem_private_key(key_a.read_bytes(), None).public_key()
+    first = serve_once(settings_in(tmp_path, receipt_key_path=key_a), nonce="by-a")
+    rotated = settings_in(tmp_path, receipt_key_path=key_b, receipt_public_keys=(public_a,))
+    serve_once(rotated, nonce="by-b")
+    signed_by_a = first["receipt_envelope"]["signatures"][0]["keyid"]
+    with pytest.raises(ConfigError, match=f"signed by key {signed_by_a}.*restore"):
+        create_app(settings_in(tmp_path, receipt_key_path=key_b), [ECHO])
+    assert verdict(rotated, first["receipt_envelope"])["valid"] is True

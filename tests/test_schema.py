@@ -73,8 +73,10 @@ FIXTURE_V1 = Path(__file__).parent / "fixtures" / "store-v1"
 
 
 def v1_store(db_url: str) -> None:
-    """Make a current store look as version 1 left it: no approval_signed_sha256."""
+    """Make a current store look as version 1 left it: no approval_signed_sha256, no
+    receipt_keys."""
     prepared(db_url).dispose()
+    sql(db_url, "DROP TABLE receipt_keys")
     sql(db_url, "DROP INDEX ix_executions_approval_signed_sha256")
     sql(db_url, "ALTER TABLE executions DROP COLUMN approval_signed_sha256")
     sql(db_url, "UPDATE openexec_schema SET version = 1")
@@ -138,6 +140,8 @@ def upgraded_fixture(tmp_path: Path, openexec_client):
 def test_a_store_written_by_0_1_0_upgrades_and_keeps_every_guarantee(tmp_path, openexec_client):
     client, recorded = upgraded_fixture(tmp_path, openexec_client)
     assert len(recorded) == 5
+    signed_by = {old["response"]["receipt_envelope"]["signatures"][0]["keyid"] for old in recorded}
+    assert client.app.state.engine.store.receipt_key_ids() == signed_by  # read from the receipts
     for number, old in enumerate(recorded):
         request, response = old["request"], old["response"]
         replay = client.post("/execute", json=request)
@@ -147,3 +151,16 @@ def test_a_store_written_by_0_1_0_upgrades_and_keeps_every_guarantee(tmp_path, o
         assert verdict.json()["valid"] is True
         again = client.post("/execute", json={**request, "nonce": f"after-upgrade-{number}"})
         assert again.status_code == 403 and again.json()["code"] == "approval_already_used"
+
+
+def test_an_upgraded_store_without_its_receipt_key_is_refused(tmp_path):
+    """The keys found in a version 1 store's receipts are required from the upgrade on."""
+    directory = tmp_path / "store-v1"
+    shutil.copytree(FIXTURE_V1, directory)
+    settings = Settings(db_url=f"sqlite:///{directory / 'openexec.db'}")  # no key configured
+    upgrade_schema(settings)
+    from openexec.app import create_app
+
+    with pytest.raises(ConfigError, match="holds receipts signed by key.*missing: restore it"):
+        create_app(settings, [])
+    assert not (directory / "openexec-receipt-key.pem").exists()  # none was made in its place
