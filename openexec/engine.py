@@ -298,6 +298,14 @@ class Engine:
                 f"The payload does not match the input of action {registered.name!r}.",
                 extra={"errors": validation_errors(exc)},
             ) from None
+        except Exception:  # a validator's own bug (pydantic passes TypeError on): still a refusal
+            log.exception("the input model of action %s raised", registered.name)
+            raise Problem(
+                422,
+                "payload_invalid",
+                f"The input model of action {registered.name!r} could not validate the payload; "
+                "the error is in the service log.",
+            ) from None
 
     def _new_execution(
         self,

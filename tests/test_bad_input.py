@@ -195,3 +195,15 @@ def test_hostile_verify_inputs_are_answered_not_crashed(client):
 def test_bad_verify_requests_are_422(client, body):
     response = client.post("/receipts/verify", content=body, headers=JSON)
     assert_problem(response, 422, "invalid_request")
+
+
+def test_an_input_model_that_raises_is_a_422_not_a_500(client):
+    """A pack's validator bug (a TypeError pydantic lets through) refuses the payload; nothing
+    is reserved."""
+    answer = client.post(
+        "/execute", json={"action": "probe.picky", "payload": {"word": "x"}, "nonce": "p"}
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "payload_invalid"
+    assert "TypeError" not in answer.text
+    assert stored_rows(client) == []

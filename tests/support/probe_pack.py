@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from openexec import Action, ActionError, Context, hookimpl
 from openexec.settings import Settings
@@ -31,6 +31,18 @@ class Empty(BaseModel):
 
 class Seconds(BaseModel):
     seconds: float
+
+
+class Picky(BaseModel):
+    """An input model whose validator has a bug: it raises TypeError, which pydantic does not
+    turn into a ValidationError."""
+
+    word: str
+
+    @field_validator("word")
+    @classmethod
+    def _buggy(cls, value: str) -> str:
+        return value + 1  # type: ignore[operator]
 
 
 def journal_path(settings: Settings) -> Path:
@@ -119,4 +131,5 @@ def register_actions(settings: Settings) -> list[Action]:
         Action("probe.exit", exit_process, Empty, "Raise SystemExit."),
         Action("probe.cancel_itself", cancel_itself, Empty, "Raise CancelledError."),
         Action("probe.stubborn", stubborn, Seconds, "Ignore cancellation.", timeout_s=0.3),
+        Action("probe.picky", context, Picky, "An input model whose validator raises TypeError."),
     ]
