@@ -161,6 +161,6 @@ def test_an_upgraded_store_without_its_receipt_key_is_refused(tmp_path):
     upgrade_schema(settings)
     from openexec.app import create_app
 
-    with pytest.raises(ConfigError, match="holds receipts signed by key.*missing: restore it"):
+    with pytest.raises(ConfigError, match=r"holds receipts signed by key.*missing: restore it"):
         create_app(settings, [])
     assert not (directory / "openexec-receipt-key.pem").exists()  # none was made in its place
