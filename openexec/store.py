@@ -49,7 +49,7 @@ from openexec.settings import ConfigError, Settings
 log = logging.getLogger("openexec.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # 2 added approval_signed_sha256; ``upgrade`` brings a version 1 store here
+SCHEMA_VERSION = 2  # 2 added approval_signed_sha256 and receipt_keys; upgrade_schema goes 1 -> 2
 UPGRADE_COMMAND = "openexec db upgrade"
 SCHEMA_LOCK = 0x6F70656E65786563  # pg_advisory_xact_lock key: "openexec"
 NO_TENANT = ""  # (tenant, nonce) must be unique, and NULLs never collide in a unique index

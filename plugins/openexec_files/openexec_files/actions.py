@@ -12,7 +12,7 @@ from typing import Any
 
 from openexec import Action, ActionError, Context
 from openexec_files.atomic import publish, rename_noreplace
-from openexec_files.errors import fs_error
+from openexec_files.errors import failure, fs_error, shorten
 from openexec_files.models import (
     DeleteInput,
     ListInput,
@@ -25,10 +25,12 @@ from openexec_files.models import (
 from openexec_files.paths import ROOT, split
 from openexec_files.resolve import (
     DIR_MODE,
+    EXCLUSIVE,
+    SHARED,
+    changing,
     check_addressable,
     check_file,
     check_single_link,
-    locked,
     lstat_at,
     open_dir,
     open_file,
@@ -110,7 +112,7 @@ class FilesPack:
         ]
 
     def _too_large(self, path: str) -> ActionError:
-        return ActionError("too_large", f"{path}: would be larger than {self.max_bytes} bytes")
+        return failure("too_large", path, f"would be larger than {self.max_bytes} bytes")
 
     def read_file(self, payload: ReadInput, ctx: Context) -> Result:
         parents, name = split(payload.path)
@@ -127,8 +129,8 @@ class FilesPack:
             try:
                 content = data.decode("utf-8")
             except UnicodeDecodeError:
-                raise ActionError(
-                    "not_utf8", f"{payload.path}: is not UTF-8 text; read it with encoding base64"
+                raise failure(
+                    "not_utf8", payload.path, "is not UTF-8 text; read it with encoding base64"
                 ) from None
         return {
             "path": payload.path,
@@ -145,11 +147,11 @@ class FilesPack:
             raise self._too_large(path)
         check_depth(path, self.max_depth)
         parents, name = split(path)
-        with open_dir(self.root, parents, create=payload.parents) as dir_fd, locked(dir_fd):
+        with changing(self.root, parents, structure=SHARED, create=payload.parents) as [dir_fd]:
             current = lstat_at(dir_fd, name, path)
             if current is None:
                 if payload.if_sha256 is not None:
-                    raise ActionError("precondition_failed", f"{path}: does not exist")
+                    raise failure("precondition_failed", path, "does not exist")
                 # Only overwrite may replace a file that appears meanwhile; create and append
                 # must not clobber content they never saw.
                 replace = payload.mode == "overwrite"
@@ -162,14 +164,14 @@ class FilesPack:
                 }
             check_addressable(current, path)
             if payload.mode == "create":
-                raise ActionError("exists", f"{path}: already exists (use mode overwrite)")
+                raise failure("exists", path, "already exists (use mode overwrite)")
             check_file(current, path)
             check_single_link(current, path)
             if payload.mode == "append" or payload.if_sha256 is not None:
                 with open_file(dir_fd, name, path) as (fd, _):
                     old = read_bounded(fd, self.max_bytes, path)
                 if payload.if_sha256 is not None and sha256_hex(old) != payload.if_sha256:
-                    raise ActionError("precondition_failed", f"{path}: content has changed")
+                    raise failure("precondition_failed", path, "content has changed")
                 if payload.mode == "append":
                     data = old + data
             if len(data) > self.max_bytes:
@@ -218,15 +220,15 @@ class FilesPack:
     def delete_path(self, payload: DeleteInput, ctx: Context) -> Result:
         path = payload.path
         parents, name = split(path)
-        with open_dir(self.root, parents) as dir_fd, locked(dir_fd):
+        with changing(self.root, parents) as [dir_fd]:
             st = lstat_at(dir_fd, name, path)
             if st is None:
-                raise ActionError("not_found", f"{path}: does not exist")
+                raise failure("not_found", path, "does not exist")
             check_addressable(st, path)
             try:
                 if stat.S_ISDIR(st.st_mode):
                     if payload.if_sha256 is not None:
-                        raise ActionError("is_a_directory", f"{path}: if_sha256 needs a file")
+                        raise failure("is_a_directory", path, "if_sha256 needs a file")
                     if payload.recursive:
                         empty_tree(dir_fd, name, path, max_depth=self.max_depth)
                     os.rmdir(name, dir_fd=dir_fd)
@@ -235,7 +237,7 @@ class FilesPack:
                         with open_file(dir_fd, name, path) as (fd, _):
                             current = sha256_hex(read_bounded(fd, self.max_bytes, path))
                         if current != payload.if_sha256:
-                            raise ActionError("precondition_failed", f"{path}: content has changed")
+                            raise failure("precondition_failed", path, "content has changed")
                     os.unlink(name, dir_fd=dir_fd)
                 os.fsync(dir_fd)
             except OSError as exc:
@@ -246,7 +248,7 @@ class FilesPack:
         path = payload.path
         check_depth(path, self.max_depth)
         parents, name = split(path)
-        with open_dir(self.root, parents, create=payload.parents) as dir_fd:
+        with changing(self.root, parents, structure=SHARED, create=payload.parents) as [dir_fd]:
             try:
                 os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
                 os.fsync(dir_fd)
@@ -256,25 +258,23 @@ class FilesPack:
                     check_addressable(st, path)
                 if payload.exist_ok and st is not None and stat.S_ISDIR(st.st_mode):
                     return {"path": path, "created": False}
-                raise ActionError("exists", f"{path}: already exists") from None
+                raise failure("exists", path, "already exists") from None
             except OSError as exc:
                 raise fs_error(exc, path) from None
         return {"path": path, "created": True}
 
     def move_path(self, payload: MoveInput, ctx: Context) -> Result:
         """A directory moved deeper than it was is walked first (``walk.reaches_beyond``), so
-        a move never nests anything beyond ``max_depth``; moving up or sideways needs no walk."""
+        a move never nests anything beyond ``max_depth``; moving up or sideways needs no walk.
+        Both judgements hold because no other move or creation runs meanwhile (the structure
+        lock, see ``resolve.changing``)."""
         src, dst = payload.src, payload.dst
         check_depth(dst, self.max_depth)
         (src_parents, src_name), (dst_parents, dst_name) = split(src), split(dst)
-        with (
-            open_dir(self.root, src_parents) as src_fd,
-            open_dir(self.root, dst_parents) as dst_fd,
-            locked(src_fd, dst_fd),
-        ):
+        with changing(self.root, src_parents, dst_parents, structure=EXCLUSIVE) as [src_fd, dst_fd]:
             st = lstat_at(src_fd, src_name, src)
             if st is None:
-                raise ActionError("not_found", f"{src}: does not exist")
+                raise failure("not_found", src, "does not exist")
             check_addressable(st, src)
             deeper_by = len(dst_parents) - len(src_parents)
             if (
@@ -284,16 +284,17 @@ class FilesPack:
                     src_fd, src_name, src, levels=self.max_depth - len(dst_parents) - 1
                 )
             ):
-                raise ActionError(
+                raise failure(
                     "too_deep",
-                    f"{dst}: moving {src} there would put entries more than "
+                    dst,
+                    f"moving {shorten(src)} there would put entries more than "
                     f"{self.max_depth} levels below the root",
                 )
             target = lstat_at(dst_fd, dst_name, dst)
             if target is not None:
                 check_addressable(target, dst)
                 if not payload.overwrite:
-                    raise ActionError("exists", f"{dst}: already exists (use overwrite)")
+                    raise failure("exists", dst, "already exists (use overwrite)")
             try:
                 if payload.overwrite:
                     os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
@@ -303,8 +304,6 @@ class FilesPack:
                 os.fsync(src_fd)
             except OSError as exc:
                 if exc.errno == errno.EINVAL:
-                    raise ActionError(
-                        "invalid_move", f"{src}: cannot be moved into itself"
-                    ) from None
+                    raise failure("invalid_move", src, "cannot be moved into itself") from None
                 raise fs_error(exc, src if exc.errno == errno.ENOENT else dst) from None
         return {"src": src, "dst": dst}

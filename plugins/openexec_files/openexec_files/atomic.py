@@ -14,8 +14,7 @@ import stat
 from collections.abc import Callable
 from contextlib import suppress
 
-from openexec import ActionError
-from openexec_files.errors import fs_error
+from openexec_files.errors import failure, fs_error
 
 TMP_PREFIX = ".openexec-tmp-"
 TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -88,7 +87,7 @@ def _write_temp(dir_fd: int, data: bytes, perm: int, shown: str) -> str:
         except OSError as exc:
             raise fs_error(exc, shown) from None
     else:
-        raise ActionError("io_error", f"{shown}: could not create a temporary file beside it")
+        raise failure("io_error", shown, "could not create a temporary file beside it")
     try:
         os.fchmod(fd, perm)
         view = memoryview(data)

@@ -1,6 +1,9 @@
 """Turn what the disk says into ActionErrors, so no OSError reaches the host as internal_error.
 
 Messages name only the caller's relative path: absolute paths under the root never leave the pack.
+Every message that shows a path builds it with ``failure``, which shows at most the first and last
+``PATH_EDGE`` characters: a message is signed into the receipt, and a path met deep in a tree can
+be a quarter of a megabyte.
 """
 
 from __future__ import annotations
@@ -28,13 +31,27 @@ _ERRNO_CODES: dict[int, tuple[str, str]] = {
     errno.EMLINK: ("too_many_links", "has too many links"),
 }
 
+PATH_EDGE = 100
+
+
+def shorten(path: str) -> str:
+    """``path`` for a message: whole if short, else its first and last ``PATH_EDGE`` characters."""
+    if len(path) <= 2 * PATH_EDGE + 1:
+        return path
+    return f"{path[:PATH_EDGE]}…{path[-PATH_EDGE:]}"
+
+
+def failure(code: str, path: str, what: str) -> ActionError:
+    """The ActionError ``<path>: <what>``, the path shortened."""
+    return ActionError(code, f"{shorten(path)}: {what}")
+
 
 def fs_error(exc: OSError, path: str) -> ActionError:
     """The ActionError for an OSError met while acting on ``path``."""
     code, what = _ERRNO_CODES.get(exc.errno or 0, ("io_error", "could not be accessed"))
     if code == "io_error":
         what = f"{what} ({errno.errorcode.get(exc.errno or 0, 'unknown error')})"
-    return ActionError(code, f"{path}: {what}")
+    return failure(code, path, what)
 
 
 def kind(mode: int) -> str:
@@ -59,11 +76,9 @@ def kind(mode: int) -> str:
 def refusal(mode: int, path: str) -> ActionError | None:
     """Why the entry at ``path`` may not be addressed by name, or None for files and directories."""
     if stat.S_ISLNK(mode):
-        return ActionError(
-            "symlink_refused", f"{path}: is a symbolic link, which is never followed"
-        )
+        return failure("symlink_refused", path, "is a symbolic link, which is never followed")
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        return ActionError(
-            "not_regular_file", f"{path}: is a {kind(mode).replace('_', ' ')}, which is refused"
+        return failure(
+            "not_regular_file", path, f"is a {kind(mode).replace('_', ' ')}, which is refused"
         )
     return None

@@ -12,11 +12,11 @@ import fcntl
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from openexec import ActionError
-from openexec_files.errors import fs_error, refusal
+from openexec_files.errors import failure, fs_error, refusal
 
 DIR_MODE = 0o700
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -27,9 +27,12 @@ READ_CHUNK = 1 << 20
 
 
 @contextmanager
-def open_dir(root: Path, parts: Sequence[str], *, create: bool = False) -> Iterator[int]:
-    """Yield a descriptor of the directory ``root/parts...``; with ``create``, make missing ones."""
-    fd = _open_root(root)
+def open_dir(root: Path | int, parts: Sequence[str], *, create: bool = False) -> Iterator[int]:
+    """Yield a descriptor of the directory ``root/parts...``; with ``create``, make missing ones.
+
+    ``root`` is the root's path, or a descriptor of it (from ``changing``), which stays open.
+    """
+    fd = _open_root(root) if isinstance(root, Path) else os.open(".", DIR_FLAGS, dir_fd=root)
     try:
         for depth, name in enumerate(parts, start=1):
             child = _open_or_make_subdir(fd, name, "/".join(parts[:depth]), create)
@@ -103,15 +106,16 @@ def check_file(st: os.stat_result, shown: str) -> None:
     """Refuse anything but a regular file: what ``check_addressable`` refuses, and directories."""
     check_addressable(st, shown)
     if stat.S_ISDIR(st.st_mode):
-        raise ActionError("is_a_directory", f"{shown}: is a directory")
+        raise failure("is_a_directory", shown, "is a directory")
 
 
 def check_single_link(st: os.stat_result, shown: str) -> None:
     """Refuse a file with other hard links: one of them may be a name outside the root."""
     if st.st_nlink > 1:
-        raise ActionError(
+        raise failure(
             "hard_link_refused",
-            f"{shown}: has {st.st_nlink} hard links; its content is neither read nor written",
+            shown,
+            f"has {st.st_nlink} hard links; its content is neither read nor written",
         )
 
 
@@ -124,7 +128,7 @@ def open_file(dir_fd: int, name: str, shown: str) -> Iterator[tuple[int, os.stat
     """
     before = lstat_at(dir_fd, name, shown)
     if before is None:
-        raise ActionError("not_found", f"{shown}: does not exist")
+        raise failure("not_found", shown, "does not exist")
     check_file(before, shown)
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
@@ -148,29 +152,70 @@ def read_bounded(fd: int, limit: int, shown: str) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise ActionError("too_large", f"{shown}: is larger than {limit} bytes")
+                raise failure("too_large", shown, f"is larger than {limit} bytes")
     except OSError as exc:
         raise fs_error(exc, shown) from None
     return b"".join(chunks)
 
 
-@contextmanager
-def locked(*dir_fds: int) -> Iterator[None]:
-    """Hold exclusive flocks on these directories for one mutation.
+SHARED, EXCLUSIVE = fcntl.LOCK_SH, fcntl.LOCK_EX
 
-    This pack's own writers -- any thread, any worker process -- then take turns per directory,
-    so a compare-and-swap cannot interleave with another write. Locks are taken in inode order
-    so two moves between the same directories cannot deadlock.
+
+@contextmanager
+def changing(
+    root: Path, *dirs: Sequence[str], structure: int | None = None, create: bool = False
+) -> Iterator[list[int]]:
+    """Yield descriptors of the directories ``dirs`` (component lists), locked for a change.
+
+    Two kinds of ``flock`` make this pack's own changes -- from any thread or worker process --
+    take turns where they must:
+
+    * **Each directory changed** is locked exclusively, so a compare-and-swap cannot interleave
+      with another write or delete there.
+    * **The structure lock**, on the root directory, keeps depth checks true. Creations judge
+      depth by counting a path's components, and a move also measures the tree it moves; both
+      are right only if no move changes the tree between that check and the creation or
+      rename. So ``structure=SHARED`` (creations: mkdir, write) and ``EXCLUSIVE`` (move) hold it
+      from before anything is resolved until the action is done: creations run side by side,
+      a move runs alone. Without it, two moves, or a move and a creation, could each pass its
+      check and together nest entries deeper than list and delete walk. Deletes change no depth
+      and reads nothing, so they do not take it.
+
+    The root's own directory lock *is* the structure lock (flocks through two descriptors of one
+    directory conflict, even within one thread), so a change directly in the root holds it
+    exclusively. Locks are taken root first, then in inode order, so actions cannot deadlock.
     """
+    mode = EXCLUSIVE if any(not parts for parts in dirs) else structure
+    with ExitStack() as stack:
+        root_fd = _open_root(root)
+        stack.callback(os.close, root_fd)
+        if mode is not None:
+            stack.enter_context(locked(root_fd, mode=mode))
+        fds = [stack.enter_context(open_dir(root_fd, parts, create=create)) for parts in dirs]
+        # The root (also if mounted below itself) is locked as the structure or not at all:
+        # locking it again through another descriptor would wait for this very action.
+        root_id = identity(root_fd)
+        stack.enter_context(locked(*(fd for fd in fds if identity(fd) != root_id)))
+        yield fds
+
+
+def identity(fd: int) -> tuple[int, int]:
+    """Which directory (or file) ``fd`` is: its device and inode."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+@contextmanager
+def locked(*dir_fds: int, mode: int = EXCLUSIVE) -> Iterator[None]:
+    """Hold flocks on these directories (one per directory, in inode order) meanwhile."""
     by_inode: dict[tuple[int, int], int] = {}
     for fd in dir_fds:
-        st = os.fstat(fd)
-        by_inode.setdefault((st.st_dev, st.st_ino), fd)
+        by_inode.setdefault(identity(fd), fd)
     held: list[int] = []
     try:
         for key in sorted(by_inode):
             try:
-                fcntl.flock(by_inode[key], fcntl.LOCK_EX)
+                fcntl.flock(by_inode[key], mode)
             except OSError:
                 raise ActionError("io_error", "could not lock a directory for writing") from None
             held.append(by_inode[key])

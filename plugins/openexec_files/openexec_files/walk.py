@@ -5,11 +5,18 @@
 (``a/b`` is at depth 2). 1024 is twice the deepest path a request can name (1024 bytes of
 ``a/a/...`` is 512 components), so every path a payload may carry can be created, and only
 ``files.move`` -- which can put one deep tree under another -- can reach the limit. Everything the
-pack can build, ``files.list`` and ``files.delete`` can therefore walk. A deeper tree (made by
-something else, or by a move racing a ``files.mkdir`` inside the moved tree) is refused with
-``too_deep`` where the walk meets it -- a recursive delete, which is not atomic, has by then
-removed what it met before -- and never costs more descriptors; moving its parts towards the
-root, which needs no walk, takes it apart.
+pack can build, ``files.list`` and ``files.delete`` can therefore walk (and the structure lock,
+``resolve.changing``, keeps two moves, or a move and a creation, from each passing its depth
+check and together going deeper). A deeper tree, made by something other than the pack, is
+refused with ``too_deep`` where the walk meets it -- a recursive delete, which is not atomic,
+has by then removed what it met before -- and never costs more descriptors; moving its parts
+towards the root, which needs no walk, takes it apart.
+
+**Bounded answers.** Every listed entry carries its whole path, so a chain listed whole costs the
+square of its depth: 1024 levels of 255-byte names would be 134 MB of paths. ``files.list``
+therefore also stops, with ``truncated``, before the UTF-8 bytes of the paths it returns would
+pass ``MAX_LIST_BYTES`` (4 MiB): four times what the deepest chain of one-letter names takes (its
+1024 paths are 1 MiB), so only long names deep down meet it.
 
 **Linear.** A walk starts from a directory descriptor, opens each subdirectory once relative to
 its parent (``openat`` with ``O_NOFOLLOW``) and carries the relative path along; nothing is
@@ -35,12 +42,13 @@ import stat
 from typing import Any
 
 from openexec import ActionError
-from openexec_files.errors import fs_error, kind
+from openexec_files.errors import failure, fs_error, kind
 from openexec_files.paths import ROOT
-from openexec_files.resolve import lstat_at, open_subdir
+from openexec_files.resolve import identity, lstat_at, open_subdir
 
 MAX_DEPTH = 1024
 SPAN = 32
+MAX_LIST_BYTES = 4 << 20  # bytes of paths in one files.list answer
 
 Entry = dict[str, Any]
 
@@ -52,18 +60,13 @@ def shown_path(prefix: str, name: str) -> str:
 
 
 def too_deep(shown: str, max_depth: int) -> ActionError:
-    return ActionError("too_deep", f"{shown}: is more than {max_depth} levels below the root")
+    return failure("too_deep", shown, f"is more than {max_depth} levels below the root")
 
 
 def check_depth(path: str, max_depth: int) -> None:
     """Refuse to create an entry at ``path`` if it would be deeper than the limit."""
     if path.count("/") + 1 > max_depth:
         raise too_deep(path, max_depth)
-
-
-def _identity(fd: int) -> tuple[int, int]:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
 
 
 class _Descent:
@@ -77,7 +80,7 @@ class _Descent:
 
     def __init__(self, top_fd: int, shown: str, *, owned: bool) -> None:
         try:
-            identity = _identity(top_fd)
+            top_id = identity(top_fd)
         except OSError as exc:
             if owned:
                 os.close(top_fd)
@@ -85,7 +88,7 @@ class _Descent:
         self._fds: list[int | None] = [top_fd]
         self._names: list[str] = [""]
         self._shown: list[str] = [shown]
-        self._ids: list[tuple[int, int]] = [identity]
+        self._ids: list[tuple[int, int]] = [top_id]
         self._owned = owned
 
     @property
@@ -113,14 +116,14 @@ class _Descent:
         """Enter subdirectory ``name`` of the current directory (never through a link)."""
         fd = open_subdir(self.fd, name, shown)
         try:
-            identity = _identity(fd)
+            child_id = identity(fd)
         except OSError as exc:
             os.close(fd)
             raise fs_error(exc, shown) from None
         self._fds.append(fd)
         self._names.append(name)
         self._shown.append(shown)
-        self._ids.append(identity)
+        self._ids.append(child_id)
         leaving = self.level - SPAN  # no longer among the innermost SPAN levels
         if leaving > 0 and leaving % SPAN:
             old = self._fds[leaving]
@@ -144,11 +147,9 @@ class _Descent:
             parent = self._fds[i - 1]
             assert parent is not None
             fd = open_subdir(parent, self._names[i], self._shown[i])
-            if _identity(fd) != self._ids[i]:
+            if identity(fd) != self._ids[i]:
                 os.close(fd)
-                raise ActionError(
-                    "not_found", f"{self._shown[i]}: was moved or replaced during the walk"
-                )
+                raise failure("not_found", self._shown[i], "was moved or replaced during the walk")
             self._fds[i] = fd
         fd = self._fds[-1]
         assert fd is not None
@@ -211,11 +212,13 @@ def _listing(fd: int, prefix: str, recursive: bool) -> list[tuple[str, str, Entr
 def list_tree(
     fd: int, prefix: str, *, recursive: bool, max_entries: int, max_depth: int
 ) -> tuple[list[Entry], bool]:
-    """The first ``max_entries`` entries below directory ``fd`` (at path ``prefix``, "" for the
-    root) in the order of whole paths, and whether more exist. ``fd`` stays open."""
+    """The first entries below directory ``fd`` (at path ``prefix``, "" for the root) in the
+    order of whole paths -- at most ``max_entries`` of them, their paths at most
+    ``MAX_LIST_BYTES`` -- and whether more exist. ``fd`` stays open."""
     base = prefix.count("/") + 1 if prefix else 0
     walk = _Descent(fd, prefix, owned=False)
     entries: list[Entry] = []
+    path_bytes = 0
     try:
         pending = [_listing(fd, prefix, recursive)]
         while pending:
@@ -226,7 +229,8 @@ def list_tree(
                 continue
             _, name, entry = pending[-1].pop()
             if entry is not None:
-                if len(entries) == max_entries:
+                path_bytes += len(entry["path"].encode())
+                if len(entries) == max_entries or path_bytes > MAX_LIST_BYTES:
                     return entries, True
                 if base + walk.level + 1 > max_depth:
                     raise too_deep(entry["path"], max_depth)
@@ -278,7 +282,7 @@ def empty_tree(parent_fd: int, name: str, shown: str, *, max_depth: int) -> None
                 raise too_deep(child_shown, max_depth)
             if stat.S_ISDIR(st.st_mode):
                 if st.st_dev != device:
-                    raise ActionError("cross_device", f"{child_shown}: is a mount point")
+                    raise failure("cross_device", child_shown, "is a mount point")
                 walk.descend(child, child_shown)
                 pending.append(_names(walk.fd, child_shown))
                 continue

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +95,16 @@ class Outside:
     def assert_untouched(self) -> None:
         assert snapshot(self.path) == self.before
         assert {p.name for p in self.base.iterdir()} == self.siblings, "something appeared"
+
+
+@pytest.fixture(autouse=True)
+def _deep_trees_removed(tmp_path: Path) -> Iterator[None]:
+    """Remove what a test built, deep trees included, once it is done. pytest deletes old
+    temporary directories with Python 3.11's recursive shutil.rmtree, which fails on a tree
+    deeper than the recursion limit (these tests build 1,024 levels and more); coreutils' rm
+    walks any depth."""
+    yield
+    subprocess.run(["rm", "-rf", "--", str(tmp_path)], check=True)
 
 
 @pytest.fixture

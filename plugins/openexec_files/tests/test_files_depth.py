@@ -8,6 +8,7 @@ measured by counting ``os.open`` calls (and the descriptors open at once), not b
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from openexec_files.actions import FilesPack
-from openexec_files.walk import MAX_DEPTH, SPAN, _Descent
+from openexec_files.walk import MAX_DEPTH, MAX_LIST_BYTES, SPAN, _Descent
 
 from openexec import ActionError
 
@@ -163,7 +164,7 @@ def test_a_tree_deeper_than_a_path_can_name_can_be_deleted(
         assert files.run("files.delete", path="b", recursive=True) == {"path": "b", "deleted": True}
     assert list(files.root.iterdir()) == []
     assert fds.opened <= 2 * DEPTH + 10, fds
-    assert fds.peak <= WALK_FDS + 1, fds  # and the parent's, which is locked
+    assert fds.peak <= WALK_FDS + 2, fds  # and two of the root: its lock's and the parent's
     assert fds.held == 0
 
 
@@ -309,3 +310,65 @@ def test_the_walk_lists_in_the_order_of_whole_paths_and_truncates_at_any_point(
         part = files.run("files.list", recursive=True, max_entries=cut)
         assert [e["path"] for e in part["entries"]] == paths[:cut]
         assert part["truncated"] is (cut < len(paths))
+
+
+# Long names: a legal 1024-level chain of 255-byte names has paths of up to 262,143 bytes.
+
+
+def long_names(levels: int) -> list[str]:
+    """255-byte names that differ, so a shortened path shows which end is which."""
+    return [f"{level:04d}".ljust(255, "n") for level in range(1, levels + 1)]
+
+
+def test_a_listing_of_long_deep_paths_is_bounded_in_bytes(files: Files) -> None:
+    """Listed whole, the chain's paths would be 134 MB: every entry repeats its parents' path."""
+    names = long_names(MAX_DEPTH)
+    make_chain(files.root, names)
+    result = files.run("files.list", recursive=True, max_entries=10_000)
+    paths = [e["path"] for e in result["entries"]]
+    assert result["truncated"] is True
+    assert paths == ["/".join(names[:n]) for n in range(1, len(paths) + 1)]
+    returned = sum(len(p.encode()) for p in paths)
+    following = len("/".join(names[: len(paths) + 1]).encode())
+    assert returned <= MAX_LIST_BYTES < returned + following  # stopped at the bound, not before
+    assert len(json.dumps(result)) < MAX_LIST_BYTES + 100 * len(paths)
+    # Listings within the bound are unchanged.
+    assert files.run("files.list") == {
+        "path": ".",
+        "entries": [{"path": names[0], "type": "directory", "size": None}],
+        "truncated": False,
+    }
+    below = files.run("files.list", path="/".join(names[:3]), recursive=True, max_entries=2)
+    assert [e["path"] for e in below["entries"]] == ["/".join(names[:4]), "/".join(names[:5])]
+    files.run("files.delete", path=names[0], recursive=True)
+    assert list(files.root.iterdir()) == []
+
+
+def test_messages_show_at_most_the_ends_of_a_long_path(files: Files, shallow: Files) -> None:
+    """Messages are signed into receipts: a path in one is cut to its first and last 100
+    characters, so none is longer than a few hundred, however long the path."""
+    names = long_names(MAX_DEPTH + 1)  # made without the pack; one level too deep
+    make_chain(files.root, names)
+    path = "/".join(names)
+    error = files.fails("files.delete", "too_deep", path=names[0], recursive=True)
+    assert error.message == f"{path[:100]}…{path[-100:]}: is more than 1024 levels below the root"
+    files.run("files.move", src="/".join(names[:3]), dst="rest")  # moving up takes it apart
+    files.run("files.delete", path=names[0], recursive=True)
+    files.run("files.delete", path="rest", recursive=True)
+    # Paths a request names (up to 1024 bytes) are shortened the same way, in every message.
+    deep = "/".join(name[:200] for name in long_names(5))  # 1004 bytes, 5 levels
+    made = deep.rsplit("/", 2)[0]  # 3 levels, so not_found names the 4th: 803 characters
+    shallow.run("files.mkdir", path=made, parents=True)
+    shallow.run("files.mkdir", path="x/y/z", parents=True)
+    dst = "x/y/z/" + "d" * 250
+    errors = [
+        shallow.fails("files.mkdir", "too_deep", path=deep, parents=True),
+        shallow.fails("files.write", "too_deep", path=deep, content="x", parents=True),
+        shallow.fails("files.read", "not_found", path=deep),
+        shallow.fails("files.delete", "not_found", path=deep),
+        shallow.fails("files.move", "too_deep", src=deep.split("/")[0], dst=dst),
+    ]
+    assert errors[0].message == f"{deep[:100]}…{deep[-100:]}: is more than 4 levels below the root"
+    assert errors[2].message.startswith(f"{deep[:100]}…")
+    assert errors[4].message.startswith(f"{dst[:100]}…{dst[-100:]}: moving {deep[:200]} there")
+    assert all(len(error.message) < 512 for error in errors), [e.message for e in errors]
