@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from openexec import __version__
 from openexec.api import docs, middleware, problems, routes
 from openexec.engine import Engine, rfc3339, utc_now
-from openexec.plugins import InProcessPlugin, load_registry
+from openexec.plugins import InProcessPlugin, PluginError, load_registry
 from openexec.receipts import load_receipt_signer
 from openexec.settings import Settings
 from openexec.store import Store
@@ -52,9 +52,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.close()
-        store.dispose()
+        """Per worker: the packs' startup hooks before the first request, their shutdown
+        hooks after the last."""
+        try:
+            registry.start()
+        except PluginError as exc:
+            log.error("startup failed: %s", exc)  # one line naming the plugin, then uvicorn's
+            engine.close()
+            store.dispose()
+            raise
+        try:
+            yield
+        finally:
+            registry.stop()
+            engine.close()
+            store.dispose()
 
     app = FastAPI(
         title="OpenExec",

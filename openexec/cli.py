@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from openexec.approvals import mint_v1, mint_v2
+from openexec.models import PluginSummary
 from openexec.plugins import PluginError, Registry, load_registry
 from openexec.receipts import NO_RESULT, verify_envelope
 from openexec.settings import ConfigError, Settings, parse_public_keys
@@ -212,10 +213,7 @@ def _actions(args: argparse.Namespace) -> int:
 def _plugins(args: argparse.Namespace) -> int:
     plugins = _load_registry().plugins
     if args.json:
-        listing = [
-            {"name": plugin.name, "version": plugin.version, "actions": list(plugin.actions)}
-            for plugin in plugins
-        ]
+        listing = [PluginSummary.of(plugin).model_dump() for plugin in plugins]
         print(json.dumps(listing, indent=2))
         return 0
     if not plugins:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from openexec.plugins import PluginInfo
 
 NONCE_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
@@ -48,9 +51,22 @@ class ExecuteResponse(BaseModel):
 
 
 class PluginSummary(BaseModel):
+    """A loaded plugin, its actions, and its effective settings by variable name (secret ones
+    shown as ``"**********"``)."""
+
     name: str
     version: str
     actions: list[str]
+    settings: dict[str, Any]
+
+    @classmethod
+    def of(cls, plugin: PluginInfo) -> PluginSummary:
+        return cls(
+            name=plugin.name,
+            version=plugin.version,
+            actions=list(plugin.actions),
+            settings=dict(plugin.settings),
+        )
 
 
 class ActionSummary(BaseModel):

@@ -6,8 +6,9 @@ is built, so nothing can register, import or replace a handler afterwards.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from types import MappingProxyType
@@ -15,11 +16,13 @@ from typing import Any
 
 import pluggy
 
-from openexec import hookspecs
+from openexec import hookspecs, pack_settings
 from openexec.actions import Action
+from openexec.pack_settings import PackSettings
 from openexec.settings import ConfigError, Settings
 
 ENTRY_POINT_GROUP = "openexec"
+log = logging.getLogger("openexec.plugins")
 
 
 class PluginError(Exception):
@@ -28,9 +31,22 @@ class PluginError(Exception):
 
 @dataclass(frozen=True)
 class PluginInfo:
+    """A loaded distribution: its actions, and its settings by variable name (secrets
+    redacted), as ``/health`` and ``openexec plugins --json`` show them."""
+
     name: str
     version: str
     actions: tuple[str, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LifecycleHook:
+    """One plugin's ``startup`` or ``shutdown``, with the arguments it takes."""
+
+    plugin: str
+    function: Callable[..., Any]
+    arguments: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -69,9 +85,30 @@ class Registry:
     plugins: tuple[PluginInfo, ...]
     restricted: bool
     allow_list: tuple[str, ...]
+    startup_hooks: tuple[LifecycleHook, ...] = ()
+    shutdown_hooks: tuple[LifecycleHook, ...] = ()
 
     def allowed_actions(self) -> list[RegisteredAction]:
         return [self.actions[name] for name in sorted(self.allowed)]
+
+    def start(self) -> None:
+        """Run every plugin's ``startup``, in load order; the first failure stops startup."""
+        for hook in self.startup_hooks:
+            try:
+                hook.function(**hook.arguments)
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {hook.plugin!r} failed in startup: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def stop(self) -> None:
+        """Run every plugin's ``shutdown``, last started first; a failure is logged and the
+        others still run."""
+        for hook in reversed(self.shutdown_hooks):
+            try:
+                hook.function(**hook.arguments)
+            except Exception:
+                log.exception("plugin %r failed in shutdown", hook.plugin)
 
 
 def normalise(name: str) -> str:
@@ -105,11 +142,28 @@ def load_registry(
         raise PluginError(
             f"plugin {manager.get_name(exc.plugin)!r} implements a hook that does not exist: {exc}"
         ) from None
-    actions = _collect_actions(manager, settings, versions, owners)
+    configured = _read_pack_settings(manager, settings, owners)
+    arguments = {
+        registration: MappingProxyType(
+            {"settings": settings, "pack_settings": configured.get(registration)}
+        )
+        for registration in owners
+    }
+    actions = _collect_actions(manager, arguments, versions, owners)
     allowed = _apply_allow_list(actions, settings.allowed_actions)
     plugins = tuple(
         PluginInfo(
-            name, versions[name], tuple(a.name for a in actions.values() if a.plugin_name == name)
+            name,
+            versions[name],
+            tuple(a.name for a in actions.values() if a.plugin_name == name),
+            MappingProxyType(
+                {
+                    variable: value
+                    for registration, pack in configured.items()
+                    if owners[registration] == name
+                    for variable, value in pack_settings.shown(pack).items()
+                }
+            ),
         )
         for name in sorted(versions)
     )
@@ -119,6 +173,53 @@ def load_registry(
         plugins=plugins,
         restricted=settings.allowed_actions is not None,
         allow_list=settings.allowed_actions or (),
+        startup_hooks=_lifecycle(manager.hook.startup, arguments, owners),
+        shutdown_hooks=_lifecycle(manager.hook.shutdown, arguments, owners),
+    )
+
+
+def _read_pack_settings(
+    manager: pluggy.PluginManager, settings: Settings, owners: dict[str, str]
+) -> dict[str, PackSettings]:
+    """Each registration's settings, read from the environment the host started with."""
+    models: dict[str, type[PackSettings]] = {}
+    for impl in manager.hook.register_settings.get_hookimpls():
+        name = owners[impl.plugin_name]
+        try:
+            models[impl.plugin_name] = pack_settings.check_model(impl.function())
+        except pack_settings.PrefixError as exc:
+            raise PluginError(f"plugin {name!r}: {exc}") from None
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {name!r} failed in register_settings: {type(exc).__name__}: {exc}"
+            ) from exc
+    clash = pack_settings.overlapping({r: model.env_prefix for r, model in models.items()})
+    if clash:
+        first, second = (owners[r] for r in clash)
+        raise PluginError(
+            f"plugins {first!r} and {second!r} claim overlapping settings prefixes "
+            f"{models[clash[0]].env_prefix!r} and {models[clash[1]].env_prefix!r}"
+        )
+    return {
+        registration: pack_settings.read(model, settings.pack_environment, owners[registration])
+        for registration, model in models.items()
+    }
+
+
+def _lifecycle(
+    hook: Any, arguments: Mapping[str, Mapping[str, Any]], owners: dict[str, str]
+) -> tuple[LifecycleHook, ...]:
+    """The implementations of ``startup`` or ``shutdown``, each with the arguments it names,
+    in load order."""
+    return tuple(
+        LifecycleHook(
+            owners[impl.plugin_name],
+            impl.function,
+            MappingProxyType(
+                {k: v for k, v in arguments[impl.plugin_name].items() if k in impl.argnames}
+            ),
+        )
+        for impl in hook.get_hookimpls()  # in registration order (pluggy calls them reversed)
     )
 
 
@@ -159,7 +260,7 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str) -> None:
 
 def _collect_actions(
     manager: pluggy.PluginManager,
-    settings: Settings,
+    arguments: Mapping[str, Mapping[str, Any]],
     versions: dict[str, str],
     owners: dict[str, str],
 ) -> dict[str, RegisteredAction]:
@@ -167,9 +268,9 @@ def _collect_actions(
     actions: dict[str, RegisteredAction] = {}
     for impl in manager.hook.register_actions.get_hookimpls():
         name = owners[impl.plugin_name]
-        arguments = {"settings": settings} if "settings" in impl.argnames else {}
+        given = {k: v for k, v in arguments[impl.plugin_name].items() if k in impl.argnames}
         try:
-            provided = impl.function(**arguments)
+            provided = impl.function(**given)
         except Exception as exc:
             raise PluginError(
                 f"plugin {name!r} failed in register_actions: {type(exc).__name__}: {exc}"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -14,6 +15,25 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 MODES = ("demo", "clawshield")
+# The variables the host reads itself; every other OPENEXEC_ variable belongs to a pack.
+HOST_VARIABLES = frozenset(
+    {
+        "OPENEXEC_MODE",
+        "CLAWSHIELD_PUBLIC_KEY",
+        "CLAWSHIELD_TENANT_ID",
+        "OPENEXEC_ALLOWED_ACTIONS",
+        "OPENEXEC_PLUGINS",
+        "OPENEXEC_DB_URL",
+        "OPENEXEC_RECEIPT_KEY",
+        "OPENEXEC_RECEIPT_PUBLIC_KEYS",
+        "OPENEXEC_SERVICE_ID",
+        "OPENEXEC_ACTION_TIMEOUT_S",
+        "OPENEXEC_CLOCK_SKEW_S",
+        "OPENEXEC_MAX_REQUEST_BYTES",
+        "OPENEXEC_LEASE_GRACE_S",
+        "OPENEXEC_DB_POOL_SIZE",
+    }
+)
 PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
 
 
@@ -41,10 +61,11 @@ class Settings:
     action_timeout_s: float = 30.0
     clock_skew_s: float = 60.0
     max_request_bytes: int = 1_048_576
-    files_root: Path = Path("openexec-files")
-    files_max_bytes: int = 10_485_760
     lease_grace_s: float = 10.0
     db_pool_size: int = 8
+    # Every OPENEXEC_ variable that is not the host's own, as the environment held it at
+    # startup: what packs' settings are read from (openexec.pack_settings).
+    pack_environment: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -98,10 +119,15 @@ class Settings:
             action_timeout_s=_positive(env, "OPENEXEC_ACTION_TIMEOUT_S", 30.0, float),
             clock_skew_s=_positive(env, "OPENEXEC_CLOCK_SKEW_S", 60.0, float, allow_zero=True),
             max_request_bytes=_positive(env, "OPENEXEC_MAX_REQUEST_BYTES", 1_048_576, int),
-            files_root=Path(env.get("OPENEXEC_FILES_ROOT") or "openexec-files"),
-            files_max_bytes=_positive(env, "OPENEXEC_FILES_MAX_BYTES", 10_485_760, int),
             lease_grace_s=_positive(env, "OPENEXEC_LEASE_GRACE_S", 10.0, float),
             db_pool_size=_positive(env, "OPENEXEC_DB_POOL_SIZE", 8, int),
+            pack_environment=MappingProxyType(
+                {
+                    name: value
+                    for name, value in env.items()
+                    if name.startswith("OPENEXEC_") and name not in HOST_VARIABLES
+                }
+            ),
         )
 
 

@@ -11,7 +11,7 @@ nothing leaks between tests. ``approver`` mints valid approvals for clawshield-m
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
@@ -24,9 +24,9 @@ from fastapi import FastAPI
 
 from openexec.app import create_app
 from openexec.approvals import mint_v1, mint_v2
-from openexec.plugins import InProcessPlugin
+from openexec.plugins import InProcessPlugin, load_registry
 from openexec.receipts import private_key_pem, public_key_pem
-from openexec.settings import Settings
+from openexec.settings import HOST_VARIABLES, Settings
 
 if TYPE_CHECKING:  # imported when used: it needs httpx2, which only test installs have
     from fastapi.testclient import TestClient
@@ -45,35 +45,76 @@ def in_process(plugin: ModuleType | InProcessPlugin) -> InProcessPlugin:
     return InProcessPlugin(plugin, top_level.replace("_", "-"))
 
 
-def make_app(*plugins: ModuleType | InProcessPlugin, directory: Path, **overrides: Any) -> FastAPI:
-    """An app with only ``plugins`` registered, its state (and receipt key) under ``directory``."""
+def make_app(
+    *plugins: ModuleType | InProcessPlugin,
+    directory: Path,
+    settings: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> FastAPI:
+    """An app with only ``plugins`` registered, its state (and receipt key) under ``directory``.
+
+    ``settings`` are environment variables by name, the host's (``OPENEXEC_MODE``) and the
+    packs' (``OPENEXEC_FILES_ROOT``), read with the service's own rules; ``overrides`` are
+    ``Settings`` fields by name (``mode="clawshield"``) and win over both. A name that is
+    neither is a ``TypeError`` listing the accepted ones.
+    """
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Settings)})
+    if unknown:
+        raise TypeError(
+            f"openexec_client: unknown setting {', '.join(map(repr, unknown))}; the host's "
+            f"settings are {', '.join(f.name for f in dataclasses.fields(Settings))}, and a "
+            "pack's are passed by variable name: settings={'OPENEXEC_FILES_ROOT': ...}"
+        )
     receipt_key = directory / "receipt-key.pem"
     if not receipt_key.exists():
         receipt_key.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
         receipt_key.chmod(0o600)
-    defaults = Settings(
-        db_url=f"sqlite:///{directory / 'openexec.db'}",
-        files_root=directory / "files",
-        receipt_key_path=receipt_key,
-    )
-    settings = dataclasses.replace(defaults, **overrides)
-    return create_app(settings, [in_process(p) for p in plugins])
+    environment = {
+        "OPENEXEC_DB_URL": f"sqlite:///{directory / 'openexec.db'}",
+        "OPENEXEC_RECEIPT_KEY": str(receipt_key),
+        **(settings or {}),
+    }
+    configured = dataclasses.replace(Settings.from_env(environment), **overrides)
+    registered = [in_process(p) for p in plugins]
+    accepted = HOST_VARIABLES | {
+        variable
+        for info in load_registry(configured, registered).plugins
+        for variable in info.settings
+    }
+    strays = sorted(set(settings or {}) - accepted)
+    if strays:
+        raise TypeError(
+            f"openexec_client: {', '.join(map(repr, strays))} is no setting of the host or of "
+            f"a pack loaded here; accepted: {', '.join(sorted(accepted))}"
+        )
+    return create_app(configured, registered)
 
 
 @pytest.fixture
-def openexec_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """Factory: ``openexec_client(*plugin_modules, **settings)`` → a started TestClient."""
+def openexec_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., TestClient]]:
+    """Factory: ``openexec_client(*plugin_modules, settings={VARIABLE: value}, **fields)`` → a
+    started TestClient (its lifespan entered: the packs' startup hooks have run).
+
+    The test runs in its ``tmp_path``, so that a pack's relative paths (its defaults, such as
+    the files pack's ``openexec-files``) land there and not wherever pytest was started."""
+    monkeypatch.chdir(tmp_path)
     with ExitStack() as stack:
         count = 0
 
-        def build(*plugins: ModuleType | InProcessPlugin, **overrides: Any) -> TestClient:
+        def build(
+            *plugins: ModuleType | InProcessPlugin,
+            settings: Mapping[str, str] | None = None,
+            **overrides: Any,
+        ) -> TestClient:
             from fastapi.testclient import TestClient
 
             nonlocal count
             count += 1
             directory = tmp_path / f"openexec-{count}"
             directory.mkdir()
-            app = make_app(*plugins, directory=directory, **overrides)
+            app = make_app(*plugins, directory=directory, settings=settings, **overrides)
             return stack.enter_context(TestClient(app, raise_server_exceptions=False))
 
         yield build

@@ -60,13 +60,20 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def make_client(openexec_client, backend, request) -> Callable[..., TestClient]:
+def make_client(openexec_client, backend, request, tmp_path) -> Callable[..., TestClient]:
     """A client for an app serving the echo and probe packs, on the parametrised backend."""
 
-    def build(**overrides) -> TestClient:
+    count = 0
+
+    def build(settings: dict[str, str] | None = None, **overrides) -> TestClient:
+        nonlocal count
+        count += 1
         if backend == "postgresql" and "db_url" not in overrides:
             overrides["db_url"] = request.getfixturevalue("postgres_database")()
-        return openexec_client(openexec_echo, PROBE, **overrides)
+        probe = {"OPENEXEC_PROBE_DIR": str(tmp_path / f"probe-{count}")}
+        return openexec_client(
+            openexec_echo, PROBE, settings={**probe, **(settings or {})}, **overrides
+        )
 
     return build
 
@@ -89,7 +96,7 @@ def stored_rows(client: TestClient) -> list[dict]:
 
 
 def journal(client: TestClient) -> list[str]:
-    path: Path = probe_pack.journal_path(settings_of(client))
+    path: Path = probe_pack.journal_path(client.app.state.engine.registry)
     return path.read_text().splitlines() if path.exists() else []
 
 

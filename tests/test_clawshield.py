@@ -278,7 +278,7 @@ def test_one_approval_backs_one_execution_across_workers(tmp_path, approver):
         "OPENEXEC_MODE": "clawshield",
         "CLAWSHIELD_PUBLIC_KEY": approver.public_key_pem,
         "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'openexec.db'}",
-        "OPENEXEC_FILES_ROOT": str(tmp_path / "files"),
+        "OPENEXEC_PROBE_DIR": str(tmp_path / "files"),
     }
     server = Uvicorn("tests.support.server:app", env, workers=2, log=tmp_path / "uvicorn.log")
     try:

@@ -18,7 +18,7 @@ REQUESTS = 60
 def server(tmp_path: Path):
     env = {
         "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'openexec.db'}",
-        "OPENEXEC_FILES_ROOT": str(tmp_path / "files"),
+        "OPENEXEC_PROBE_DIR": str(tmp_path / "files"),
     }
     process = Uvicorn("tests.support.server:app", env, workers=2, log=tmp_path / "uvicorn.log")
     yield process, tmp_path

@@ -138,7 +138,7 @@ def test_a_client_disconnecting_mid_body_logs_no_traceback(tmp_path):
     log = tmp_path / "uvicorn.log"
     env = {
         "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'openexec.db'}",
-        "OPENEXEC_FILES_ROOT": str(tmp_path / "files"),
+        "OPENEXEC_PROBE_DIR": str(tmp_path / "files"),
     }
     server = Uvicorn("tests.support.server:app", env, log=log)
     try:

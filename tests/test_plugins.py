@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sys
 import textwrap
-from pathlib import Path
 
 import openexec_echo
 import pytest
@@ -14,30 +13,7 @@ from openexec import ActionError
 from openexec.plugins import InProcessPlugin, PluginError, load_registry
 from openexec.settings import ConfigError, Settings
 from tests.conftest import PROBE
-
-
-class FakeDistributions:
-    """Real distributions on disk (dist-info + module) that importlib.metadata discovers."""
-
-    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.root = root
-        self.root.mkdir(exist_ok=True)
-        monkeypatch.syspath_prepend(str(root))
-        self._monkeypatch = monkeypatch
-
-    def add(self, dist: str, module: str, source: str, version: str = "1.2.3", **more: str) -> None:
-        """Install ``module`` as distribution ``dist``; ``more`` adds further modules, each with
-        its own entry point in the same distribution."""
-        info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        modules = {module: source, **more}
-        lines = "".join(f"{name} = {name}\n" for name in modules)
-        (info / "entry_points.txt").write_text(f"[openexec]\n{lines}")
-        for name, text in modules.items():
-            (self.root / f"{name}.py").write_text(text)
-            self._monkeypatch.delitem(sys.modules, name, raising=False)
-
+from tests.support.distributions import FakeDistributions
 
 GOOD_PACK = textwrap.dedent("""
     from pydantic import BaseModel
@@ -235,7 +211,10 @@ def test_a_pack_installed_after_startup_changes_nothing(dists, tmp_path):
 
     from openexec.app import create_app
 
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", files_root=tmp_path / "files")
+    settings = Settings(
+        db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        pack_environment={"OPENEXEC_FILES_ROOT": str(tmp_path / "files")},
+    )
     with TestClient(create_app(settings)) as client:
         before = client.get("/actions").json()
         dists.add("late-pack", "late_pack", GOOD_PACK.replace("{name}", "late.run"))

@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -258,3 +259,29 @@ def test_the_receipt_check_by_hand_verifies_a_real_receipt(
     (tmp_path / "receipt.json").write_text(json.dumps(forged))
     with pytest.raises(InvalidSignature):
         exec(check, {})
+
+
+def test_the_readme_pack_example_runs_with_its_settings_and_startup_hook(
+    tmp_path, openexec_client, monkeypatch
+):
+    readme = (ROOT / "README.md").read_text().split("## Writing an action pack", 1)[1]
+    source = re.search(r"```python\n(# my_pack/__init__.py\n.*?)```", readme, re.DOTALL).group(1)
+    module = types.ModuleType("my_pack")
+    monkeypatch.setitem(sys.modules, "my_pack", module)  # where pydantic resolves annotations
+    exec(compile(source, "README.md", "exec"), module.__dict__)
+    log = tmp_path / "greetings"
+    client = openexec_client(
+        module,
+        settings={"OPENEXEC_GREET_TIMES": "2", "OPENEXEC_GREET_LOG": str(log)},
+    )
+    assert log.is_dir()  # the startup hook ran
+    answer = client.post(
+        "/execute", json={"action": "greet.hello", "payload": {"name": "ada"}, "nonce": "g"}
+    ).json()
+    assert answer["result"] == {"greeting": "hello ada hello ada"}
+    [plugin] = client.get("/health").json()["plugins"]
+    assert plugin["settings"] == {
+        "OPENEXEC_GREET_LOG": str(log),
+        "OPENEXEC_GREET_TIMES": 2,
+        "OPENEXEC_GREET_API_TOKEN": None,
+    }

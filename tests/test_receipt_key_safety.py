@@ -27,7 +27,6 @@ ECHO = InProcessPlugin(openexec_echo, "openexec-echo", "0.1.0")
 def settings_in(directory: Path, **overrides) -> Settings:
     return Settings(
         db_url=f"sqlite:///{directory / 'openexec.db'}",
-        files_root=directory / "files",
         **overrides,
     )
 
@@ -71,7 +70,7 @@ def test_another_key_in_place_of_the_one_that_signed_stops_startup(tmp_path, bac
     )
     key_file = directory / "receipt.pem"
     key_file.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
-    settings = Settings(db_url=db_url, files_root=directory / "files", receipt_key_path=key_file)
+    settings = Settings(db_url=db_url, receipt_key_path=key_file)
     first = serve_once(settings)
     signed_by = first["receipt_envelope"]["signatures"][0]["keyid"]
 
@@ -86,7 +85,6 @@ def test_another_key_in_place_of_the_one_that_signed_stops_startup(tmp_path, bac
     old_public = load_pem_private_key(old_key, None).public_key()
     rotated = Settings(
         db_url=db_url,
-        files_root=directory / "files",
         receipt_key_path=key_file,
         receipt_public_keys=(old_public,),
     )

@@ -35,7 +35,7 @@ def deployment(tmp_path: Path, postgres_database):
     env = {
         "OPENEXEC_DB_URL": postgres_database(),
         "OPENEXEC_RECEIPT_KEY": str(key),
-        "OPENEXEC_FILES_ROOT": str(tmp_path / "files"),
+        "OPENEXEC_PROBE_DIR": str(tmp_path / "files"),
     }
     started: list[Uvicorn] = []
 
@@ -61,7 +61,7 @@ def rows(db_url: str) -> list[dict]:
 
 
 def journal(env: dict) -> list[str]:
-    path = Path(env["OPENEXEC_FILES_ROOT"]) / "journal.txt"
+    path = Path(env["OPENEXEC_PROBE_DIR"]) / "journal.txt"
     return path.read_text().splitlines() if path.exists() else []
 
 

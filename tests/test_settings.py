@@ -28,7 +28,17 @@ def test_no_variables_means_demo_on_sqlite():
     assert settings.db_url == "sqlite:///openexec.db"
     assert settings.allowed_actions is None and settings.plugins is None
     assert (settings.action_timeout_s, settings.clock_skew_s) == (30.0, 60.0)
-    assert (settings.max_request_bytes, settings.files_max_bytes) == (1_048_576, 10_485_760)
+    assert settings.max_request_bytes == 1_048_576
+    assert settings.pack_environment == {}
+
+
+def test_the_host_knows_no_pack_and_keeps_their_variables_for_them():
+    """A pack's variables are not host settings: they are kept, untouched, for the packs."""
+    settings = Settings.from_env(
+        {"OPENEXEC_FILES_ROOT": "/srv/files", "OPENEXEC_MODE": "demo", "HOME": "/root"}
+    )
+    assert settings.pack_environment == {"OPENEXEC_FILES_ROOT": "/srv/files"}
+    assert not any("files" in field for field in vars(settings))
 
 
 def test_variables_are_parsed():

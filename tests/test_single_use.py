@@ -164,7 +164,7 @@ def clawshield_server(tmp_path, approver_key, backend, request):
         "CLAWSHIELD_PUBLIC_KEY": public_key_pem(key.public_key()),
         "OPENEXEC_DB_URL": db_url,
         "OPENEXEC_RECEIPT_KEY": str(tmp_path / "receipt-key.pem"),
-        "OPENEXEC_FILES_ROOT": str(tmp_path / "files"),
+        "OPENEXEC_PROBE_DIR": str(tmp_path / "files"),
     }
     (tmp_path / "receipt-key.pem").write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
     server = Uvicorn("tests.support.server:app", env, workers=2, log=tmp_path / "uvicorn.log")

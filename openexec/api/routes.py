@@ -114,7 +114,7 @@ def health(request: Request) -> dict[str, Any]:
         answer["allow_list"] = list(registry.allow_list)
     else:
         answer["warning"] = "No execution allow-list configured"
-    answer["plugins"] = [plugin_summary(p).model_dump() for p in registry.plugins]
+    answer["plugins"] = [PluginSummary.of(p).model_dump() for p in registry.plugins]
     answer["receipt_key_id"] = engine.signer.key_id
     answer["database"] = engine.store.kind
     return answer
@@ -245,7 +245,3 @@ async def receipt(exec_id: str, request: Request) -> JSONResponse:
     if execution["receipt_envelope"] is None:
         raise Problem(404, "receipt_pending", "The execution is still running; no receipt yet.")
     return JSONResponse(json.loads(execution["receipt_envelope"]))
-
-
-def plugin_summary(plugin: Any) -> PluginSummary:
-    return PluginSummary(name=plugin.name, version=plugin.version, actions=list(plugin.actions))

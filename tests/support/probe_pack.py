@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from openexec import Action, ActionError, Context, hookimpl
-from openexec.settings import Settings
+from openexec import Action, ActionError, Context, PackSettings, hookimpl
+from openexec.plugins import Registry
 
 # Set by in-process tests that need to hold a handler mid-run.
 started = threading.Event()
@@ -45,14 +46,41 @@ class Picky(BaseModel):
         return value + 1  # type: ignore[operator]
 
 
-def journal_path(settings: Settings) -> Path:
-    return settings.files_root / "journal.txt"
+class ProbeSettings(PackSettings):
+    """``OPENEXEC_PROBE_DIR``: where the journal and the lifecycle log are written."""
+
+    env_prefix = "OPENEXEC_PROBE_"
+    dir: Path = Path("openexec-probe")
+
+
+def journal_path(registry: Registry) -> Path:
+    """The journal of the probe pack an app loaded, from its effective settings."""
+    [probe] = (plugin for plugin in registry.plugins if "OPENEXEC_PROBE_DIR" in plugin.settings)
+    return Path(probe.settings["OPENEXEC_PROBE_DIR"]) / "journal.txt"
 
 
 @hookimpl
-def register_actions(settings: Settings) -> list[Action]:
-    journal = journal_path(settings)
-    journal.parent.mkdir(parents=True, exist_ok=True)
+def register_settings() -> type[ProbeSettings]:
+    return ProbeSettings
+
+
+@hookimpl
+def startup(pack_settings: ProbeSettings) -> None:
+    """Make the directory, and log one line per worker that starts: ``startup <pid>``."""
+    pack_settings.dir.mkdir(parents=True, exist_ok=True)
+    with (pack_settings.dir / "lifecycle.txt").open("a") as handle:
+        handle.write(f"startup {os.getpid()}\n")
+
+
+@hookimpl
+def shutdown(pack_settings: ProbeSettings) -> None:
+    with (pack_settings.dir / "lifecycle.txt").open("a") as handle:
+        handle.write(f"shutdown {os.getpid()}\n")
+
+
+@hookimpl
+def register_actions(pack_settings: ProbeSettings) -> list[Action]:
+    journal = pack_settings.dir.absolute() / "journal.txt"
 
     def bump(payload: Note, ctx: Context) -> dict[str, Any]:
         """Append one line per run: the side effect exactly-once must protect."""

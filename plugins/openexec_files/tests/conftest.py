@@ -21,7 +21,6 @@ import openexec_files
 import pytest
 
 from openexec import Action, ActionError, Context
-from openexec.settings import Settings
 
 SECRET = b"outside secret\n"
 MAX_BYTES = 4096
@@ -57,7 +56,9 @@ class Files:
 
 
 def make_files(root: Path, max_bytes: int = MAX_BYTES) -> Files:
-    actions = openexec_files.register_actions(Settings(files_root=root, files_max_bytes=max_bytes))
+    pack_settings = openexec_files.FilesSettings(root=root, max_bytes=max_bytes)
+    openexec_files.startup(pack_settings)
+    actions = openexec_files.register_actions(pack_settings)
     return Files(root, {action.name: action for action in actions}, max_bytes)
 
 

@@ -29,7 +29,9 @@ def execute(client: Any, action: str, payload: dict[str, Any], nonce: str) -> An
 def test_actions_are_listed_with_input_schemas(
     openexec_client: Callable[..., Any], tmp_path: Path
 ) -> None:
-    client = openexec_client(openexec_files, files_root=tmp_path / "root")
+    client = openexec_client(
+        openexec_files, settings={"OPENEXEC_FILES_ROOT": str(tmp_path / "root")}
+    )
     listed = {entry["name"]: entry for entry in client.get("/actions").json()}
     assert sorted(listed) == ACTIONS
     for entry in listed.values():
@@ -48,7 +50,9 @@ def test_a_filtered_action_is_refused_with_403(
 ) -> None:
     root = tmp_path / "root"
     client = openexec_client(
-        openexec_files, files_root=root, allowed_actions=("files.read", "files.list")
+        openexec_files,
+        settings={"OPENEXEC_FILES_ROOT": str(root)},
+        allowed_actions=("files.read", "files.list"),
     )
     assert sorted(entry["name"] for entry in client.get("/actions").json()) == [
         "files.list",
@@ -66,7 +70,9 @@ def test_a_filtered_action_is_refused_with_403(
 def test_bad_paths_are_422_and_failures_are_recorded(
     openexec_client: Callable[..., Any], tmp_path: Path
 ) -> None:
-    client = openexec_client(openexec_files, files_root=tmp_path / "root")
+    client = openexec_client(
+        openexec_files, settings={"OPENEXEC_FILES_ROOT": str(tmp_path / "root")}
+    )
     invalid = execute(client, "files.write", {"path": "../escape.txt", "content": "x"}, "n-1")
     assert invalid.status_code == 422
     assert invalid.json()["code"] == "payload_invalid"
@@ -81,7 +87,7 @@ def test_a_replayed_write_never_writes_twice(
     openexec_client: Callable[..., Any], tmp_path: Path
 ) -> None:
     root = tmp_path / "root"
-    client = openexec_client(openexec_files, files_root=root)
+    client = openexec_client(openexec_files, settings={"OPENEXEC_FILES_ROOT": str(root)})
     payload = {"path": "log.txt", "content": "first\n", "mode": "append"}
     first = execute(client, "files.write", payload, "append-once")
     assert first.status_code == 200
