@@ -212,3 +212,30 @@ def test_main_starts_with_zero_configuration(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert "demo mode" in finished.stderr
     assert (tmp_path / "db.sqlite").stat().st_mode & 0o777 == 0o600  # it holds every payload
+
+
+def test_every_variable_the_host_reads_is_listed_as_the_hosts():
+    """HOST_VARIABLES is written out beside from_env; a variable read there but missing from
+    the list would be handed to the packs as theirs."""
+    from openexec.settings import HOST_VARIABLES
+
+    class Recording(dict):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: set[str] = set()
+
+        def get(self, key, default=None):
+            self.asked.add(key)
+            return super().get(key, default)
+
+        def __contains__(self, key) -> bool:
+            self.asked.add(key)
+            return super().__contains__(key)
+
+        def __getitem__(self, key):
+            self.asked.add(key)
+            return super().__getitem__(key)
+
+    environment = Recording()
+    Settings.from_env(environment)
+    assert environment.asked == HOST_VARIABLES
