@@ -51,13 +51,14 @@ class ExecuteResponse(BaseModel):
 
 
 class PluginSummary(BaseModel):
-    """A loaded plugin, its actions, and its effective settings by variable name (secret ones
-    shown as ``"**********"``)."""
+    """A loaded plugin, its actions, its effective settings by variable name (secret ones
+    shown as ``"**********"``), and what it made of them (``PackSettings.effective``)."""
 
     name: str
     version: str
     actions: list[str]
     settings: dict[str, Any]
+    effective: dict[str, Any]
 
     @classmethod
     def of(cls, plugin: PluginInfo) -> PluginSummary:
@@ -66,6 +67,7 @@ class PluginSummary(BaseModel):
             version=plugin.version,
             actions=list(plugin.actions),
             settings=dict(plugin.settings),
+            effective=dict(plugin.effective),
         )
 
 

@@ -47,6 +47,12 @@ class PackSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     env_prefix: ClassVar[str]
 
+    def effective(self) -> dict[str, Any]:
+        """What the pack made of its settings, for operators to check (the exec pack: the
+        policy its policy file gave). Shown beside the settings by ``/health`` and
+        ``openexec plugins --json``; nothing by default. Never put secrets here."""
+        return {}
+
     @classmethod
     def variables(cls) -> dict[str, str]:
         """Each environment variable this model reads, and the field it sets."""

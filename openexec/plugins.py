@@ -31,13 +31,14 @@ class PluginError(Exception):
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """A loaded distribution: its actions, and its settings by variable name (secrets
-    redacted), as ``/health`` and ``openexec plugins --json`` show them."""
+    """A loaded distribution: its actions, its settings by variable name (secrets redacted)
+    and what it made of them, as ``/health`` and ``openexec plugins --json`` show them."""
 
     name: str
     version: str
     actions: tuple[str, ...]
     settings: Mapping[str, Any] = field(default_factory=dict)
+    effective: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,14 @@ def load_registry(
                     for registration, pack in configured.items()
                     if owners[registration] == name
                     for variable, value in pack_settings.shown(pack).items()
+                }
+            ),
+            MappingProxyType(
+                {
+                    key: value
+                    for registration, pack in configured.items()
+                    if owners[registration] == name
+                    for key, value in pack.effective().items()
                 }
             ),
         )

@@ -38,7 +38,6 @@ from openexec.strictjson import BadJson, parse_json
 RECEIPT_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "urn:openexec:receipt:v1"
-DEFAULT_KEY_NAME = "openexec-receipt-key.pem"
 NO_RESULT: Any = object()
 
 
@@ -94,20 +93,17 @@ def load_receipt_signer(
     is not among the trusted keys: receipts the store holds would stop verifying. Startup
     stops instead, so the operator restores the key (docs/operations.md).
     """
-    path = settings.receipt_key_path
-    if path is None:
-        sqlite_path = settings.sqlite_path
-        path = (sqlite_path.parent if sqlite_path else Path.cwd()) / DEFAULT_KEY_NAME
-        if not path.exists():
-            if signed_by:
-                raise ConfigError(
-                    "OPENEXEC_RECEIPT_KEY",
-                    f"the store holds receipts signed by key {', '.join(sorted(signed_by))}, "
-                    f"but the receipt key {str(path)!r} is missing: restore it from the backup "
-                    "taken with the database (a new key would leave those receipts "
-                    "unverifiable)",
-                )
-            _create_key_file(path)
+    path = settings.receipt_key_file
+    if settings.receipt_key_path is None and not path.exists():
+        if signed_by:
+            raise ConfigError(
+                "OPENEXEC_RECEIPT_KEY",
+                f"the store holds receipts signed by key {', '.join(sorted(signed_by))}, "
+                f"but the receipt key {str(path)!r} is missing: restore it from the backup "
+                "taken with the database (a new key would leave those receipts "
+                "unverifiable)",
+            )
+        _create_key_file(path)
     private_key = _read_private_key(path, "OPENEXEC_RECEIPT_KEY")
     signer = ReceiptSigner(private_key, settings.receipt_public_keys)
     unknown = sorted(signed_by - {key_id(k) for k in signer.trusted_keys})

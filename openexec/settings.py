@@ -37,6 +37,9 @@ HOST_VARIABLES = frozenset(
 PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
 
 
+DEFAULT_KEY_NAME = "openexec-receipt-key.pem"
+
+
 class ConfigError(Exception):
     """Invalid configuration; the message names the variable and what is wrong."""
 
@@ -89,6 +92,15 @@ class Settings:
         if self.database_kind != "sqlite" or not database or database == ":memory:":
             return None
         return Path(database)
+
+    @property
+    def receipt_key_file(self) -> Path:
+        """Where the receipt key is read from: ``OPENEXEC_RECEIPT_KEY``, or the key made on
+        first start beside the SQLite file (or in the working directory)."""
+        if self.receipt_key_path is not None:
+            return self.receipt_key_path
+        sqlite_path = self.sqlite_path
+        return (sqlite_path.parent if sqlite_path else Path.cwd()) / DEFAULT_KEY_NAME
 
     @property
     def safe_db_url(self) -> str:

@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v curl >/dev/null; then  # tests/test_readme.py runs the README's curl walkthrough
+# curl: tests/test_readme.py runs the README's walkthrough; bwrap: the exec pack's sandbox.
+if ! command -v curl >/dev/null || ! command -v bwrap >/dev/null; then
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl bubblewrap >&2
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -144,6 +144,8 @@ def test_walkthrough_keeps_its_keys_private_and_out_of_the_work_tree(
         "openexec.db-shm",
         "openexec.db-writer-lock",
         "openexec-files/note.txt",
+        "openexec-workspace/build.log",
+        "openexec-exec-state/supervisor.lock",
     ],
 )
 def test_gitignore_ignores_keys_and_the_services_state(checkout: Path, path: str) -> None:

@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from openexec.app import create_app
 from openexec.plugins import InProcessPlugin
-from openexec.receipts import DEFAULT_KEY_NAME, private_key_pem
-from openexec.settings import ConfigError, Settings
+from openexec.receipts import private_key_pem
+from openexec.settings import DEFAULT_KEY_NAME, ConfigError, Settings
 
 ECHO = InProcessPlugin(openexec_echo, "openexec-echo", "0.1.0")
 

@@ -1,0 +1,97 @@
+"""Fixtures: the exec pack in a real app, running real commands through its real supervisor.
+
+The workspace lives in a directory of its own under ``/tmp`` whose parents any user may pass
+through (pytest's ``tmp_path`` is 0700): a service running as root runs commands as
+``nobody``, and bubblewrap, run as that user, must reach the workspace to mount it. The
+database, the receipt key and the state directory stay in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openexec_exec
+import pytest
+
+from tests.support.commands import stop_daemon
+
+_nonces = itertools.count()
+
+
+@dataclass
+class ExecHost:
+    """An app with the exec pack, its workspace and its state directory."""
+
+    client: Any
+    workspace: Path
+    state: Path
+
+    def execute(self, payload: dict[str, Any], action: str = "exec.run", nonce: str | None = None):
+        body = {"action": action, "payload": payload, "nonce": nonce or f"n-{next(_nonces)}"}
+        return self.client.post("/execute", json=body)
+
+    def run(self, payload: dict[str, Any], action: str = "exec.run") -> dict[str, Any]:
+        """Execute and return the result of a succeeded execution."""
+        response = self.execute(payload, action)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "succeeded", body
+        return body["result"]
+
+    def refused(self, payload: dict[str, Any], action: str = "exec.run") -> str:
+        """Execute, assert a 422 payload_invalid, and return its reason."""
+        response = self.execute(payload, action)
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["code"] == "payload_invalid"
+        return " ".join(error["msg"] for error in body["errors"])
+
+    def failed(self, payload: dict[str, Any], code: str) -> dict[str, Any]:
+        response = self.execute(payload)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "failed" and body["error"]["code"] == code, body
+        return body
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory under /tmp that every user may pass through (not list)."""
+    directory = Path(tempfile.mkdtemp(prefix="openexec-exec-test-"))
+    directory.chmod(0o711)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def exec_host(
+    openexec_client: Callable[..., Any], tmp_path: Path, shared_tmp: Path
+) -> Iterator[Callable[..., ExecHost]]:
+    """Factory: ``exec_host(policy=TOML text or None, **host_settings)`` → a started app."""
+    states: list[Path] = []
+    count = itertools.count()
+
+    def build(policy: str | None = None, **overrides: Any) -> ExecHost:
+        number = next(count)
+        workspace, state = shared_tmp / f"workspace-{number}", tmp_path / f"state-{number}"
+        settings = {
+            "OPENEXEC_EXEC_WORKSPACE": str(workspace),
+            "OPENEXEC_EXEC_STATE": str(state),
+        }
+        if policy is not None:
+            policy_file = tmp_path / f"policy-{number}.toml"
+            policy_file.write_text(policy)
+            settings["OPENEXEC_EXEC_POLICY"] = str(policy_file)
+        states.append(state)
+        client = openexec_client(openexec_exec, settings=settings, **overrides)
+        return ExecHost(client, workspace, state)
+
+    yield build
+    for state in states:
+        stop_daemon(state)

@@ -1,0 +1,101 @@
+"""Attacks on what runs: a binary swapped between the check and the exec, a policy answer that
+changes after validation, and the service's environment reaching the child."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from openexec_exec import pack as pack_module
+from openexec_exec.pack import ExecPack
+
+FULL = 'security = "full"\n'
+
+
+def install(path: Path, content: bytes) -> None:
+    """Put ``content`` at ``path`` the way an attacker would: a new file renamed over it."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_bytes(content)
+    staged.chmod(0o755)
+    os.replace(staged, path)
+
+
+def test_a_binary_swapped_after_it_was_hashed_does_not_run(exec_host, monkeypatch) -> None:
+    host = exec_host(FULL)
+    tool = host.workspace / "tool"
+    original = Path("/usr/bin/echo").read_bytes()
+    install(tool, original)
+    real_launch = pack_module.client.launch
+
+    async def swap_then_launch(*args, **kwargs):
+        install(tool, b"#!/bin/sh\necho swapped\n")  # the window a path-based exec leaves
+        return await real_launch(*args, **kwargs)
+
+    monkeypatch.setattr(pack_module.client, "launch", swap_then_launch)
+    result = host.run({"argv": ["./tool", "original"]})
+    assert result["stdout"] == "original\n"
+    assert result["binary_sha256"] == hashlib.sha256(original).hexdigest()
+    monkeypatch.setattr(pack_module.client, "launch", real_launch)
+    # The swap did land: a new request runs (and names) the new file.
+    after = host.run({"argv": ["./tool"]})
+    assert after["stdout"] == "swapped\n"
+    assert after["interpreter"]["path"] == os.path.realpath("/bin/sh")
+
+
+def test_a_policy_answer_changed_after_validation_is_policy_refused(
+    exec_host, monkeypatch, shared_tmp
+) -> None:
+    host = exec_host(f'[[allow]]\npath = "{shared_tmp}/**/tool"\n')
+    tool = host.workspace / "tool"
+    install(tool, Path("/usr/bin/true").read_bytes())
+    real_prepare = ExecPack._prepare
+
+    def relink_then_prepare(self, payload, argv):
+        tool.unlink()
+        tool.symlink_to("/usr/bin/rm")  # between validation and the run
+        return real_prepare(self, payload, argv)
+
+    monkeypatch.setattr(ExecPack, "_prepare", relink_then_prepare)
+    sessions = set(os.listdir(host.state / "sessions"))
+    body = host.failed({"argv": ["./tool"]}, "policy_refused")
+    assert "symbolic link" in body["error"]["message"]
+    assert set(os.listdir(host.state / "sessions")) == sessions
+
+
+def test_a_changed_allow_answer_at_run_time_is_policy_refused(
+    exec_host, monkeypatch, shared_tmp
+) -> None:
+    """The executable found through the path changes to one the policy does not allow."""
+    host = exec_host(f'path = ["{shared_tmp}/bin"]\n[[allow]]\npath = "{shared_tmp}/bin/ok"\n')
+    bin_dir = shared_tmp / "bin"
+    bin_dir.mkdir()
+    install(bin_dir / "ok", Path("/usr/bin/true").read_bytes())
+    real_prepare = ExecPack._prepare
+
+    def replace_then_prepare(self, payload, argv):
+        (bin_dir / "ok").unlink()
+        (bin_dir / "ok").symlink_to("/usr/bin/false")  # resolves elsewhere now
+        return real_prepare(self, payload, argv)
+
+    monkeypatch.setattr(ExecPack, "_prepare", replace_then_prepare)
+    body = host.failed({"argv": ["ok"]}, "policy_refused")
+    assert os.path.realpath("/usr/bin/false") in body["error"]["message"]
+    shutil.rmtree(bin_dir)
+
+
+def test_the_child_never_sees_the_service_environment(exec_host, monkeypatch) -> None:
+    monkeypatch.setenv("OPENEXEC_DB_URL", "postgresql://openexec:hunter2@db/openexec")
+    monkeypatch.setenv("DATABASE_PASSWORD", "hunter2")
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    host = exec_host(FULL)
+    result = host.run({"argv": ["cat", "/proc/self/environ"], "env": {"MINE": "1"}})
+    environment = dict(item.split("=", 1) for item in result["stdout"].split("\0") if item)
+    assert environment == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(host.workspace),
+        "LANG": "C.UTF-8",
+        "MINE": "1",
+    }
+    assert "hunter2" not in result["stdout"]
