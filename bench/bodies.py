@@ -27,9 +27,14 @@ def files_write_request(tag: str) -> Request:
     return "files.write", {"path": f"bench-{tag}.txt", "content": FILE_CONTENT}
 
 
+def exec_true_request(tag: str) -> Request:
+    return "exec.run", {"argv": ["true"], "env": {"BENCH_TAG": tag}}
+
+
 REQUESTS: dict[str, Callable[[str], Request]] = {
     "echo": echo_request,
     "files.write": files_write_request,
+    "exec.run": exec_true_request,
 }
 
 

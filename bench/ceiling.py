@@ -2,13 +2,16 @@
 
 It parses the same request body, verifies the same ClawShield v1 signature and action-hash
 binding (docs/approvals.md) with the approver key parsed once at startup, signs a receipt-sized
-message with an Ed25519 key and answers with a body the size of the service's. Every scenario's
+message with an Ed25519 key and answers with a body the size of the service's. For
+``exec.run`` (bench/exec.py) it also spawns the payload's argv with asyncio, as a bare endpoint
+would, and answers its exit code and output. Every scenario's
 throughput is reported as a fraction of this app's, measured in the same run under the same
 uvicorn flags, so the ratio shows what the store, the ORM and the engine's bookkeeping cost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -48,6 +51,18 @@ def refuse(code: str) -> JSONResponse:
     return JSONResponse({"status": 403, "code": code, "detail": "refused"}, 403)
 
 
+async def run_command(argv: list[str]) -> dict[str, object]:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    stdout, stderr = await process.communicate()
+    return {"exit_code": process.returncode, "stdout": stdout.decode(), "stderr": stderr.decode()}
+
+
 @app.post("/execute")
 async def execute(request: Request) -> JSONResponse:
     body = json.loads(await request.body())
@@ -63,7 +78,7 @@ async def execute(request: Request) -> JSONResponse:
     if hashlib.sha256(binding.encode()).hexdigest() != artifact["action_hash"]:
         return refuse("approval_hash_mismatch")
     exec_id = str(uuid.uuid4())
-    result = {"echo": payload}
+    result = await run_command(payload["argv"]) if action == "exec.run" else {"echo": payload}
     now = datetime.now(UTC).isoformat()
     predicate = {
         "exec_id": exec_id,
