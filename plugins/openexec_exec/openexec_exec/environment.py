@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 
 BLOCKED_PREFIXES = (
     "LD_",
@@ -193,7 +193,7 @@ BLOCKED_NAMES = frozenset(
 
 def blocked_reason(name: str) -> str | None:
     """Why an override of ``name`` is refused, or None."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         return f"environment name {name[:64]!r} is not a valid name"
     upper = name.upper()
     if upper in BLOCKED_NAMES:

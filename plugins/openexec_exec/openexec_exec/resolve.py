@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +159,14 @@ def _interpreter(head: bytes, shown: str) -> str | None:
     """The real path of a ``#!`` line's interpreter, or None for a binary."""
     if not head.startswith(b"#!"):
         return None
-    line = head[2:].split(b"\n", 1)[0].strip()
-    words = line.split()
-    if not words or not words[0].startswith(b"/"):
+    # As the kernel reads it (binfmt_script): spaces and tabs only separate, and the name
+    # ends at the next space, tab, NUL or newline. Any other byte (\f, \v, \r) is part of
+    # the name, so a name that does not start with "/" would be looked up from the cwd.
+    line = head[2:].split(b"\n", 1)[0].split(b"\0", 1)[0].lstrip(b" \t")
+    name = re.split(rb"[ \t]", line, maxsplit=1)[0]
+    if not name.startswith(b"/"):
         raise Refused(f"{shown!r} starts with '#!' but names no absolute interpreter")
-    interpreter = os.path.realpath(os.fsdecode(words[0]))
+    interpreter = os.path.realpath(os.fsdecode(name))
     try:
         status = os.stat(interpreter)
     except OSError:

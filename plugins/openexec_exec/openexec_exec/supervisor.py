@@ -51,6 +51,7 @@ import struct
 import sys
 import termios
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +60,7 @@ SOCKET_NAME = f"supervisor-v{PROTOCOL}.sock"
 LOCK_NAME = "supervisor.lock"
 SESSIONS = "sessions"
 IDLE_EXIT_S = 60.0
+LEFTOVER_KILL_S = 5.0  # a process stuck in the kernel (D state) cannot be waited for forever
 MAX_REQUEST_BYTES = 8 << 20
 READ_CHUNK = 65536
 EXE_FD, WORKSPACE_FD, EXEC_ERROR_FD = 3, 4, 5  # where the command finds what it was given
@@ -189,6 +191,9 @@ class Daemon:
             os.write(self.taken_write, struct.pack("i", os.getpid()))
             os.close(self.taken_write)
             code = Supervisor(conn, self.state_dir).run()
+        except BaseException:
+            traceback.print_exc()  # to supervisor.log: os._exit would lose it
+            sys.stderr.flush()
         finally:
             os._exit(code)
 
@@ -403,9 +408,12 @@ class Supervisor:
                 os.dup2(fd, target, inheritable=target < EXEC_ERROR_FD)
             report = EXEC_ERROR_FD
             os.closerange(EXEC_ERROR_FD + 1, os.sysconf("SC_OPEN_MAX"))
-            if not spec["sandbox"]:  # bwrap binds the executable from EXE_FD
-                os.set_inheritable(EXE_FD, spec["exe_inheritable"])  # a script's is read by name
-                os.set_inheritable(WORKSPACE_FD, False)
+            # The workspace's descriptor never reaches the command: inside bwrap it would be
+            # a directory of the host's file system, a way out through "..". bwrap binds the
+            # executable from EXE_FD; without it, only a script's interpreter reads EXE_FD.
+            os.set_inheritable(WORKSPACE_FD, False)
+            if not spec["sandbox"]:
+                os.set_inheritable(EXE_FD, spec["exe_inheritable"])
             if spec["uid"] is not None:
                 os.setgroups([])
                 os.setresgid(spec["gid"], spec["gid"], spec["gid"])
@@ -550,10 +558,25 @@ class Supervisor:
                 self.status = status
                 self.ended = time.monotonic()
                 self.ended_at = now_rfc3339()
-                # The command is over: what it left behind (in its group, or moved to a
-                # session of its own and handed back to us as their subreaper) goes with it.
-                self._signal_all(signal.SIGKILL)
-                self.kill_at = time.monotonic() + 0.5 if descendants(os.getpid()) else None
+                self._kill_leftovers()
+                self.kill_at = None
+
+    def _kill_leftovers(self) -> None:
+        """The command is over: what it left behind (in its group, or in a session of its
+        own, handed back to us as their subreaper) goes with it. Killed until we have no
+        child left at all, so one forked while we looked is killed on the next pass."""
+        deadline = time.monotonic() + LEFTOVER_KILL_S
+        while time.monotonic() < deadline:
+            for _ in reaped():
+                pass
+            try:  # WNOWAIT: only whether any child is left, none is reaped here
+                os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            for pid in descendants(os.getpid()) or children_by_scan(os.getpid()):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.001)
 
     def _final_state(self) -> str:
         assert self.status is not None
@@ -582,7 +605,7 @@ class Supervisor:
         if ended:
             assert self.status is not None
             if os.WIFSIGNALED(self.status):
-                record["signal"] = signal.Signals(os.WTERMSIG(self.status)).name
+                record["signal"] = signal_name(os.WTERMSIG(self.status))
             else:
                 record["exit_code"] = os.WEXITSTATUS(self.status)
         if error is not None:
@@ -650,6 +673,33 @@ def descendants(root: int) -> list[int]:
             found.extend(children)
             pending.extend(children)
     return found
+
+
+def children_by_scan(parent: int) -> list[int]:
+    """The processes whose parent is ``parent``, from every ``/proc/<pid>/stat``: slower than
+    the ``children`` files, which may miss a process while it is being reparented."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL``, or ``SIGRTMIN+6`` for a real-time signal, which has no name of its own."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return f"SIG{number}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -131,3 +131,24 @@ def test_a_state_directory_inside_the_workspace_stops_startup(openexec_client, s
     }
     with pytest.raises(Exception, match="inside the workspace"):
         openexec_client(openexec_exec, settings=settings)
+
+
+def test_a_name_with_a_trailing_newline_is_not_a_name(exec_host) -> None:
+    assert "not a valid name" in exec_host().refused({"argv": ["true"], "env": {"PATH\n": "."}})
+
+
+@pytest.mark.parametrize("separator", [b"\x0c", b"\x0b", b"\r"])
+def test_a_shebang_is_read_as_the_kernel_reads_it(exec_host, shared_tmp, separator) -> None:
+    """``#!\\f/usr/bin/echo`` names the relative interpreter ``\\f/usr/bin/echo`` to the
+    kernel, not /usr/bin/echo: a checker that strips every kind of space approves the wrong
+    interpreter, and the kernel runs one planted in the workspace."""
+    host = exec_host(f'[[allow]]\npath = "/usr/bin/echo"\n[[allow]]\npath = "{shared_tmp}/**"\n')
+    script = host.workspace / "run.sh"
+    script.write_bytes(b"#!" + separator + b"/usr/bin/echo\n")
+    script.chmod(0o755)
+    planted = host.workspace / separator.decode() / "usr" / "bin"
+    planted.mkdir(parents=True)
+    (planted / "echo").write_text("#!/bin/sh\necho planted\n")
+    (planted / "echo").chmod(0o755)
+    reason = host.refused({"argv": ["./run.sh"]})
+    assert "no absolute interpreter" in reason

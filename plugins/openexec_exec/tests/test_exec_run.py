@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 from tests.support.commands import alive, live_processes_of, wait_until
@@ -201,3 +202,18 @@ def test_commands_outlive_the_supervisor_daemon_and_a_new_one_takes_over(exec_ho
     wait_until(lambda: sum(alive(pid) for pid in supervisors) == 1)
     assert host.run({"argv": ["echo", "again"]})["stdout"] == "again\n"  # a new daemon
     wait_until(lambda: not alive(running["pid"]))  # the timeout still held
+
+
+def test_a_tree_forking_faster_than_one_kill_pass_is_killed_whole(exec_host, tmp_path) -> None:
+    host = exec_host(FULL)
+    source = Path(__file__).parent / "programs" / "fork_chain.c"
+    subprocess.run(["cc", "-O2", "-o", host.workspace / "chain", source], check=True)
+    for _ in range(2):  # a single kill pass left chains of this size alive every time
+        assert host.run({"argv": ["./chain", "20", "20000"]})["state"] == "exited"
+        assert not live_processes_of(65534)  # the chains run as nobody: none is left
+
+
+def test_a_real_time_signal_is_named(exec_host) -> None:
+    host = exec_host(FULL)
+    result = host.run({"argv": ["sh", "-c", f"kill -{signal.SIGRTMIN + 6} $$"]})
+    assert result["state"] == "signalled" and result["signal"] == "SIGRTMIN+6"

@@ -111,3 +111,18 @@ def test_a_timeout_kills_everything_in_the_sandbox(exec_host) -> None:
 def test_a_sandbox_that_cannot_run_stops_startup(exec_host) -> None:
     with pytest.raises(Exception, match="bubblewrap cannot run here"):
         exec_host(SANDBOXED + 'bwrap_path = "/nonexistent/bwrap"\n')
+
+
+def test_no_descriptor_of_the_host_reaches_into_the_sandbox(exec_host) -> None:
+    """A directory descriptor opened outside would be a way out: ``/proc/self/fd/N/..``
+    walks the host's file system, whatever the sandbox mounts."""
+    host = exec_host(SANDBOXED)
+    marker = Path(tempfile.gettempdir()) / f"openexec-escaped-{os.getpid()}"
+    depth = "/".join([".."] * len(host.workspace.parts))
+    script = (
+        'for f in /proc/self/fd/*; do [ -d "$f" ] && echo "directory $f"; done; '
+        f"for n in 3 4 5 6 7 8 9; do echo x > /proc/self/fd/$n/{depth}{marker} 2>/dev/null; done"
+    )
+    result = sh(host, script)
+    assert "directory" not in result["stdout"].replace("directory /proc/self/fd/*", "")
+    assert not marker.exists()
