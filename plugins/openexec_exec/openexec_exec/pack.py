@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import pwd
 import secrets
@@ -24,6 +25,7 @@ from openexec_exec.resolve import Opened, Refused, file_sha256, open_cwd, open_e
 
 DEFAULT_YIELD_MS = 10_000
 SNAPSHOT_SLACK_S = 5.0  # beyond the longest yield: launching and the last snapshot
+FINAL_STATE_POLLS = 200  # 2 s for a supervisor that hung up to write its final state
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ class ExecPack:
             raise ActionError("spawn_failed", f"the command could not start: {first['message']}")
         ctx.logger.info("execution %s: session %s pid %s", ctx.exec_id, session_id, first["pid"])
         try:
-            final = await self._wait(run, payload)
+            final = await self._wait(run, payload, session_id)
         finally:
             run.close()
         return self._result(payload, argv, prepared, final, session_id)
@@ -283,7 +285,9 @@ class ExecPack:
         chosen = DEFAULT_YIELD_MS if payload.yield_ms is None else payload.yield_ms
         return min(chosen, self.policy.max_yield_ms) / 1000
 
-    async def _wait(self, run: client.Run, payload: CommandOptions) -> dict[str, Any]:
+    async def _wait(
+        self, run: client.Run, payload: CommandOptions, session_id: str
+    ) -> dict[str, Any]:
         """The final state if the command ends within ``yield_ms``, else the state so far."""
         try:
             if not payload.background:
@@ -293,11 +297,29 @@ class ExecPack:
                     pass
             return await run.snapshot()
         except (ConnectionError, OSError, ValueError):
+            # The command may have ended as we asked: the supervisor then sent its final
+            # state and hung up, and our question broke the connection before we read it.
+            # The same state is in its state.json, written next.
+            final = await self._final_state_on_disk(session_id)
+            if final is not None:
+                return {"event": "exited", **final}
             raise ActionError(
                 "supervisor_lost",
                 "the supervisor stopped answering; the command's final state is in the state "
                 "directory",
             ) from None
+
+    async def _final_state_on_disk(self, session_id: str) -> dict[str, Any] | None:
+        path = self.state / "sessions" / session_id / "state.json"
+        for _ in range(FINAL_STATE_POLLS):
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError):
+                state = None
+            if state is not None and state["state"] != "running":
+                return state
+            await asyncio.sleep(0.01)
+        return None
 
     def _result(
         self,

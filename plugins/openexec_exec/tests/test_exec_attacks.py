@@ -3,13 +3,20 @@ changes after validation, and the service's environment reaching the child."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
+import socket
 from pathlib import Path
 
+import openexec_exec
 from openexec_exec import pack as pack_module
+from openexec_exec.models import RunPayload
 from openexec_exec.pack import ExecPack
+
+from openexec.settings import Settings
+from tests.support.commands import wait_until
 
 FULL = 'security = "full"\n'
 
@@ -99,3 +106,40 @@ def test_the_child_never_sees_the_service_environment(exec_host, monkeypatch) ->
         "MINE": "1",
     }
     assert "hunter2" not in result["stdout"]
+
+
+def test_a_snapshot_asked_as_the_command_ends_gets_the_final_state(exec_host) -> None:
+    """At ``yield_ms`` the worker asks for the state so far; if the command has just ended,
+    the supervisor has already sent the final state and closed: that is the answer, not a
+    lost supervisor."""
+    host = exec_host()
+    pack = openexec_exec.build_pack(
+        Settings(), openexec_exec.ExecSettings(workspace=host.workspace, state=host.state)
+    )
+    payload = RunPayload(argv=["true"], background=True)  # asks for a snapshot at once
+    prepared = pack._prepare(payload, payload.argv)
+    request = pack._launch_request(payload, payload.argv, prepared, "ended-as-asked")
+    state = host.state / "sessions" / "ended-as-asked" / "state.json"
+
+    async def ask_after_the_end() -> dict:
+        run, _ = await pack_module.client.launch(host.state, request, prepared.fds)
+        prepared.close()
+        await asyncio.to_thread(wait_until, state.exists)  # written after the final event
+        await asyncio.to_thread(wait_until, lambda: _hung_up(run))
+        try:
+            return await pack._wait(run, payload, "ended-as-asked")
+        finally:
+            run.close()
+
+    final = asyncio.run(ask_after_the_end())
+    assert final["event"] == "exited" and final["exit_code"] == 0
+
+
+def _hung_up(run) -> bool:
+    """Whether the supervisor has closed its end of the connection (a peek reads EOF)."""
+    fd = run.writer.get_extra_info("socket").fileno()
+    with socket.socket(fileno=os.dup(fd)) as peer:
+        try:
+            return peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
