@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from openexec import ActionError
 from openexec_files.errors import failure, fs_error, kind
 from openexec_files.paths import ROOT
 from openexec_files.resolve import identity, lstat_at, open_subdir
+
+Item = TypeVar("Item")
 
 MAX_DEPTH = 1024
 SPAN = 32
@@ -90,6 +93,8 @@ class _Descent:
         self._shown: list[str] = [shown]
         self._ids: list[tuple[int, int]] = [top_id]
         self._owned = owned
+        self._listing: Callable[[int, str], list[Any]] = lambda fd, shown: []
+        self._pending: list[list[Any]] = []  # during visit: the items left, level by level
 
     @property
     def level(self) -> int:
@@ -137,6 +142,32 @@ class _Descent:
         del self._names[-1], self._shown[-1], self._ids[-1]
         if fd is not None:
             os.close(fd)
+
+    def visit(
+        self,
+        listing: Callable[[int, str], list[Item]],
+        leave: Callable[[str, str], None] | None = None,
+    ) -> Iterator[Item]:
+        """Depth first: each item ``listing(fd, shown)`` gives for the top, and for every
+        directory the caller ``enter``s on the way. A directory whose items are used up is
+        left, and ``leave(name, shown)`` is then called with the parent current."""
+        self._listing = listing
+        pending = self._pending = [listing(self.fd, self.shown)]
+        while pending:
+            if pending[-1]:
+                yield pending[-1].pop()
+                continue
+            pending.pop()
+            if pending:
+                name, shown = self.name, self.shown
+                self.ascend()
+                if leave is not None:
+                    leave(name, shown)
+
+    def enter(self, name: str, shown: str) -> None:
+        """During ``visit``: descend into ``name``, whose items come next."""
+        self.descend(name, shown)
+        self._pending.append(self._listing(self.fd, shown))
 
     def _reopen(self) -> int:
         """Reopen the closed levels between the nearest open one and the current one."""
@@ -220,14 +251,7 @@ def list_tree(
     entries: list[Entry] = []
     path_bytes = 0
     try:
-        pending = [_listing(fd, prefix, recursive)]
-        while pending:
-            if not pending[-1]:
-                pending.pop()
-                if pending:
-                    walk.ascend()
-                continue
-            _, name, entry = pending[-1].pop()
+        for _, name, entry in walk.visit(lambda at, shown: _listing(at, shown, recursive)):
             if entry is not None:
                 path_bytes += len(entry["path"].encode())
                 if len(entries) == max_entries or path_bytes > MAX_LIST_BYTES:
@@ -238,12 +262,11 @@ def list_tree(
                 continue
             shown = f"{walk.shown}/{name}" if walk.shown else name
             try:
-                walk.descend(name, shown)
+                walk.enter(name, shown)
             except ActionError as err:
                 if err.code == "not_found":
                     continue  # removed while listing
                 raise
-            pending.append(_listing(walk.fd, shown, recursive))
         return entries, False
     finally:
         walk.close()
@@ -261,19 +284,14 @@ def empty_tree(parent_fd: int, name: str, shown: str, *, max_depth: int) -> None
     walk = _Descent(open_subdir(parent_fd, name, shown), shown, owned=True)
     try:
         device = os.fstat(walk.fd).st_dev
-        pending = [_names(walk.fd, shown)]
-        while pending:
-            if not pending[-1]:
-                pending.pop()
-                if pending:
-                    done, done_shown = walk.name, walk.shown
-                    walk.ascend()
-                    try:
-                        os.rmdir(done, dir_fd=walk.fd)
-                    except OSError as exc:
-                        raise fs_error(exc, done_shown) from None
-                continue
-            child = pending[-1].pop()
+
+        def remove_emptied(done: str, done_shown: str) -> None:
+            try:
+                os.rmdir(done, dir_fd=walk.fd)
+            except OSError as exc:
+                raise fs_error(exc, done_shown) from None
+
+        for child in walk.visit(_names, leave=remove_emptied):
             child_shown = shown_path(walk.shown, child)
             st = lstat_at(walk.fd, child, child_shown)
             if st is None:
@@ -283,8 +301,7 @@ def empty_tree(parent_fd: int, name: str, shown: str, *, max_depth: int) -> None
             if stat.S_ISDIR(st.st_mode):
                 if st.st_dev != device:
                     raise failure("cross_device", child_shown, "is a mount point")
-                walk.descend(child, child_shown)
-                pending.append(_names(walk.fd, child_shown))
+                walk.enter(child, child_shown)
                 continue
             try:
                 os.unlink(child, dir_fd=walk.fd)
@@ -300,14 +317,7 @@ def reaches_beyond(parent_fd: int, name: str, shown: str, *, levels: int) -> boo
     linear in the size of that part of the tree."""
     walk = _Descent(open_subdir(parent_fd, name, shown), shown, owned=True)
     try:
-        pending = [_names(walk.fd, shown)]
-        while pending:
-            if not pending[-1]:
-                pending.pop()
-                if pending:
-                    walk.ascend()
-                continue
-            child = pending[-1].pop()
+        for child in walk.visit(_names):
             child_shown = shown_path(walk.shown, child)
             st = lstat_at(walk.fd, child, child_shown)
             if st is None:
@@ -315,8 +325,7 @@ def reaches_beyond(parent_fd: int, name: str, shown: str, *, levels: int) -> boo
             if walk.level + 1 > levels:
                 return True
             if stat.S_ISDIR(st.st_mode):
-                walk.descend(child, child_shown)
-                pending.append(_names(walk.fd, child_shown))
+                walk.enter(child, child_shown)
         return False
     finally:
         walk.close()
