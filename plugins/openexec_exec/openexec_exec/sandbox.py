@@ -14,6 +14,7 @@ file; inside, ``argv[0]`` is that real path.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from collections.abc import Sequence
@@ -29,7 +30,8 @@ class SandboxUnavailable(Exception):
     """bubblewrap is missing or cannot make its namespaces on this host."""
 
 
-def system_mounts() -> list[str]:
+@functools.cache  # the host's layout: read once, not for every command
+def system_mounts() -> tuple[str, ...]:
     arguments: list[str] = []
     for tree in READ_ONLY_TREES:
         arguments += ["--ro-bind-try", tree, tree]
@@ -38,7 +40,7 @@ def system_mounts() -> list[str]:
             arguments += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             arguments += ["--ro-bind", path, path]
-    return arguments
+    return tuple(arguments)
 
 
 def hidden_mounts(hidden: Sequence[Path]) -> list[str]:
