@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# curl: tests/test_readme.py runs the README's walkthrough; bwrap: the exec pack's sandbox.
-if ! command -v curl >/dev/null || ! command -v bwrap >/dev/null; then
+# curl: tests/test_readme.py runs the README's walkthrough; bwrap: the exec pack's sandbox;
+# cc: the exec pack's tests build a fork-chain program (plugins/openexec_exec/tests/programs).
+if ! command -v curl >/dev/null || ! command -v bwrap >/dev/null || ! command -v cc >/dev/null; then
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl bubblewrap >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl bubblewrap gcc >&2
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -7,9 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import openexec_files
-import pytest
-
-pytest.importorskip("openexec.testing", reason="the host's pytest plugin is not available")
 
 ACTIONS = [
     "files.delete",
