@@ -45,13 +45,16 @@ def live_processes_of(uid: int) -> list[int]:
 
 def stop_daemon(state: Path) -> None:
     """End the exec pack's supervisor daemon of ``state``, which outlives the service on
-    purpose; its pid is in its lock file. Commands still running keep their supervisors."""
-    from openexec_exec.supervisor import LOCK_NAME
+    purpose, and every session still running there (a command dies with its supervisor).
+    Each pid is in its lock file."""
+    from openexec_exec.supervisor import LOCK_NAME, SESSION_LOCK, SESSIONS
 
-    try:
-        pid = int((state / LOCK_NAME).read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        return
-    if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    locks = [state / LOCK_NAME, *(state / SESSIONS).glob(f"*/{SESSION_LOCK}")]
+    for lock in locks:
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            continue
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if lock.name == LOCK_NAME else signal.SIGKILL)

@@ -12,11 +12,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from openexec import Action, PackSettings, hookimpl
 from openexec.settings import Settings
 from openexec_exec import client, sandbox
 from openexec_exec.pack import CommandUser, ExecPack
 from openexec_exec.policy import Policy, load_policy
+from openexec_exec.sessions import Sessions
 
 DIR_MODE = 0o700
 
@@ -24,12 +27,15 @@ DIR_MODE = 0o700
 class ExecSettings(PackSettings):
     """``OPENEXEC_EXEC_WORKSPACE``: where commands run (created 0700 at startup).
     ``OPENEXEC_EXEC_STATE``: session state and output, never inside the workspace.
-    ``OPENEXEC_EXEC_POLICY``: the operator's policy file (TOML); unset, the built-in one."""
+    ``OPENEXEC_EXEC_POLICY``: the operator's policy file (TOML); unset, the built-in one.
+    ``OPENEXEC_EXEC_INSTANCE``: the name session ids carry; unset, the one the state
+    directory was given at its first start (``<host>-<8 hex>``)."""
 
     env_prefix = "OPENEXEC_EXEC_"
     workspace: Path = Path("openexec-workspace")
     state: Path = Path("openexec-exec-state")
     policy: Path | None = None
+    instance: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9-]{0,62})?$")
 
     @cached_property
     def loaded_policy(self) -> Policy:
@@ -57,6 +63,7 @@ def build_pack(settings: Settings, pack_settings: ExecSettings) -> ExecPack:
         workspace=pack_settings.workspace.absolute(),
         state=pack_settings.state.absolute(),
         hidden=service_files(settings, pack_settings),
+        sessions=Sessions(pack_settings.state.absolute(), pack_settings.instance),
         user=CommandUser.for_policy(policy),
     )
 
@@ -95,4 +102,5 @@ def startup(settings: Settings, pack_settings: ExecSettings) -> None:
             raise RuntimeError(
                 f"sandbox = 'bwrap', but bubblewrap cannot run here: {exc}"
             ) from None
+    pack.sessions.instance  # named now, not by the first request  # noqa: B018
     client.start_daemon(state)

@@ -118,17 +118,29 @@ async def launch(state_dir: Path, request: dict[str, Any], fds: list[int]) -> tu
     raise AssertionError("unreachable")
 
 
-async def _send(state_dir: Path, data: bytes, fds: list[int]) -> Run:
-    """Connect and send the request: its first bytes carry the descriptors (SCM_RIGHTS)."""
+async def connect(directory: Path, name: str) -> socket.socket:
+    """A connected, non-blocking socket to ``directory/name``, reached through the
+    directory's descriptor: the path of a unix socket may not exceed 107 bytes."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        directory = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:  # through the descriptor: a socket path may not exceed 107 bytes
-            await loop.sock_connect(sock, f"/proc/self/fd/{directory}/{supervisor.SOCKET_NAME}")
+        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            await loop.sock_connect(sock, f"/proc/self/fd/{fd}/{name}")
         finally:
-            os.close(directory)
+            os.close(fd)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _send(state_dir: Path, data: bytes, fds: list[int]) -> Run:
+    """Connect and send the request: its first bytes carry the descriptors (SCM_RIGHTS)."""
+    loop = asyncio.get_running_loop()
+    sock = await connect(state_dir, supervisor.SOCKET_NAME)
+    try:
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         while True:  # a new connection's buffer is empty: this waits only in theory
             try:

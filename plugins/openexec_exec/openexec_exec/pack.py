@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import pwd
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from openexec_exec import client, sandbox
 from openexec_exec.environment import blocked_reason, child_environment
 from openexec_exec.models import CommandOptions, RunPayload, ShellPayload
 from openexec_exec.policy import Policy
+from openexec_exec.process import ProcessActions
 from openexec_exec.resolve import Opened, Refused, file_sha256, open_cwd, open_executable
+from openexec_exec.sessions import Sessions
 
 DEFAULT_YIELD_MS = 10_000
 SNAPSHOT_SLACK_S = 5.0  # beyond the longest yield: launching and the last snapshot
@@ -74,6 +75,7 @@ class ExecPack:
     workspace: Path
     state: Path
     hidden: tuple[Path, ...]  # the service's own files, which the sandbox must not show
+    sessions: Sessions
     user: CommandUser = CommandUser()
 
     def actions(self) -> list[Action]:
@@ -98,7 +100,7 @@ class ExecPack:
                     timeout_s=timeout,
                 )
             )
-        return actions
+        return actions + ProcessActions(self.policy, self.sessions).actions()
 
     # Validation: every refusal is a 422 naming its reason, before anything is reserved.
 
@@ -172,6 +174,8 @@ class ExecPack:
                 problem = self.policy.refusal(opened.real_path, argv[1:])
             if problem is None and opened.interpreter is not None:
                 problem = self.policy.interpreter_refusal(opened.interpreter)
+            if problem is None and self.policy.sandbox == "bwrap":
+                problem = sandbox.path_refusal(opened.real_path)
             if problem is not None:
                 raise Refused(problem)
             if hash_it:
@@ -197,7 +201,7 @@ class ExecPack:
     async def _execute(self, payload: CommandOptions, ctx: Context) -> dict[str, Any]:
         argv = self.argv_of(payload)
         prepared = await asyncio.to_thread(self._prepare, payload, argv)
-        session_id = secrets.token_hex(16)
+        session_id = self.sessions.new_id()
         try:
             request = self._launch_request(payload, argv, prepared, session_id)
             run, first = await client.launch(self.state, request, prepared.fds)
@@ -206,7 +210,11 @@ class ExecPack:
         finally:
             prepared.close()
         if first["event"] == "failed":
-            raise ActionError("spawn_failed", f"the command could not start: {first['message']}")
+            code = first["code"]
+            message = first["message"]
+            if code == "spawn_failed":
+                message = f"the command could not start: {message}"
+            raise ActionError(code, message)
         ctx.logger.info("execution %s: session %s pid %s", ctx.exec_id, session_id, first["pid"])
         try:
             final = await self._wait(run, payload, session_id)
@@ -274,6 +282,9 @@ class ExecPack:
                 else payload.max_output_bytes
             ),
             "pty": payload.pty,
+            "keep_stdin": payload.background,  # a background command may be written to later
+            "max_sessions": policy.max_sessions,
+            "session_ttl_s": policy.session_ttl_s,
             "cols": payload.cols,
             "rows": payload.rows,
             "sandbox": bwrap,

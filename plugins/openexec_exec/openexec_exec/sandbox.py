@@ -10,6 +10,12 @@ user with no capabilities and no new privileges, may not make user namespaces of
 dies with its supervisor (``--die-with-parent``). The executable is the file the worker opened
 and hashed, bound read-only over its real path (``--ro-bind-fd``), so the kernel runs that very
 file; inside, ``argv[0]`` is that real path.
+
+bwrap itself stays outside, in the command's process group, where a terminal's C-c (or a
+``process.kill`` with INT) would reach it, and its death would take the sandbox down with
+SIGKILL. So it runs with SIGINT, SIGQUIT and SIGTSTP ignored, and inside the sandbox coreutils'
+``env --default-signal`` gives them back to the command before it runs. ``env`` would take a
+path containing ``=`` for a variable, so such an executable is refused in the sandbox.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from openexec_exec.supervisor import EXE_FD
 
 READ_ONLY_TREES = ("/usr", "/etc", "/opt")
 TOP_LEVEL_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+RESTORE_SIGNALS = ("/usr/bin/env", "--default-signal=INT,QUIT,TSTP")
 
 
 class SandboxUnavailable(Exception):
@@ -93,7 +100,14 @@ def bwrap_argv(
     ]
     if not pty:  # a new session keeps TIOCSTI away from any terminal; a PTY needs its own
         argv.append("--new-session")
-    return [*argv, "--", real_path, *args]
+    return [*argv, "--", *RESTORE_SIGNALS, real_path, *args]
+
+
+def path_refusal(real_path: str) -> str | None:
+    """Why ``real_path`` cannot run in the sandbox, or None."""
+    if "=" in real_path:
+        return f"{real_path} contains '=', which the sandbox cannot pass to env as a command"
+    return None
 
 
 def probe(bwrap: str, workspace: Path, user: tuple[int, int] | None) -> None:

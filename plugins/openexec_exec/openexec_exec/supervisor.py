@@ -27,8 +27,18 @@ Two roles, one file:
 
 The protocol is newline-delimited JSON on the connection. Worker to supervisor: the launch
 request, then ``{"snapshot": true}`` whenever the worker wants the state so far. Supervisor to
-worker: ``accepted``, then ``started`` (or ``failed``), ``snapshot`` answers, and ``exited``
-with the final state. The worker may go away at any time: the supervisor carries on alone.
+worker: ``accepted``, then ``started`` (or ``failed``, with ``too_many_sessions`` when all of
+the ``max_sessions`` slots are held), ``snapshot`` answers, and ``exited`` with the final
+state. The worker may go away at any time: the supervisor carries on alone.
+
+**Sessions.** Each supervisor also listens on ``sessions/<id>/session.sock``, where any worker
+sends requests, one JSON line each, answered with one line: ``state``; ``poll`` (offsets per
+stream, ``wait_ms``, ``limit``), answered once a stream has bytes past its offset, the command
+ended, or the wait is over; ``input`` (parts: base64 bytes, or an unmodified cursor key whose
+bytes follow the program's DECCKM), queued in arrival order and answered once written;
+``kill`` (a signal and a grace), answered when the command has ended; ``remove``. Once the
+command has ended the supervisor writes the final state and ``expires`` and exits, and workers
+read the directory instead. The daemon removes sessions whose ``expires`` has passed.
 """
 
 from __future__ import annotations
@@ -42,9 +52,11 @@ import gc
 import hashlib
 import json
 import os
+import re
 import resource
 import select
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -53,17 +65,27 @@ import termios
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 PROTOCOL = 1
 SOCKET_NAME = f"supervisor-v{PROTOCOL}.sock"
 LOCK_NAME = "supervisor.lock"
 SESSIONS = "sessions"
+SLOTS = "slots"  # max_sessions lock files: a supervisor holds one while it runs
+SESSION_LOCK = "lock"  # in a session's directory: held by its supervisor while it lives
+SESSION_SOCKET = "session.sock"  # in a session's directory: any worker's requests
+STATE_NAME = "state.json"
+EXPIRES_NAME = "expires"  # made when the session ends; its mtime is when it is removed
 IDLE_EXIT_S = 60.0
+SWEEP_S = 2.0
+LOST_TTL_S = 1800.0  # a session whose supervisor vanished without recording its own TTL
+MAKING_GRACE_S = 60.0  # a dot directory older than this, unlocked, was never finished
 LEFTOVER_KILL_S = 5.0  # a process stuck in the kernel (D state) cannot be waited for forever
 MAX_REQUEST_BYTES = 8 << 20
 READ_CHUNK = 65536
 EXE_FD, WORKSPACE_FD, EXEC_ERROR_FD = 3, 4, 5  # where the command finds what it was given
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
@@ -152,12 +174,16 @@ class Daemon:
     def run(self) -> None:
         gc.disable()  # a forked supervisor then writes to none of the daemon's pages to scan them
         gc.freeze()
-        idle_since = time.monotonic()
+        idle_since = next_sweep = time.monotonic()
+        sessions_left = True
         while True:
             self._reap()
             while len(self.waiting) < self.POOL:
                 self.waiting.add(self._fork_waiting())
-            if self.busy:
+            if time.monotonic() >= next_sweep:
+                sessions_left = sweep(self.state_dir)
+                next_sweep = time.monotonic() + SWEEP_S
+            if self.busy or sessions_left:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > IDLE_EXIT_S:
                 for pid in self.waiting:
@@ -203,6 +229,67 @@ class Daemon:
             self.busy.discard(pid)
 
 
+def supervised(session_dir: str) -> bool:
+    """Whether a live supervisor owns ``session_dir`` (it holds the directory's lock)."""
+    try:
+        fd = os.open(os.path.join(session_dir, SESSION_LOCK), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def sweep(state_dir: str) -> bool:
+    """Remove each finished session whose ``session_ttl_s`` has passed, with its logs. A
+    session whose supervisor vanished without finishing (the machine lost power, say) is
+    given its TTL from now. True while any session is left, running or kept."""
+    now = time.time()
+    left = False
+    try:
+        entries = list(os.scandir(os.path.join(state_dir, SESSIONS)))
+    except FileNotFoundError:
+        return False
+    for entry in entries:
+        try:
+            expires: float | None = os.stat(os.path.join(entry.path, EXPIRES_NAME)).st_mtime
+        except FileNotFoundError:
+            expires = None
+        except OSError:
+            continue
+        if expires is None:
+            if supervised(entry.path):
+                left = True
+                continue
+            if entry.name.startswith("."):  # a directory being made: its lock comes next
+                with contextlib.suppress(OSError):
+                    if now - entry.stat().st_mtime > MAKING_GRACE_S:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                continue
+            expires = now + _recorded_ttl(entry.path)
+            with contextlib.suppress(OSError):
+                marker = os.path.join(entry.path, EXPIRES_NAME)
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                os.utime(marker, (expires, expires))
+        if expires <= now:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            left = True
+    return left
+
+
+def _recorded_ttl(session_dir: str) -> float:
+    try:
+        with open(os.path.join(session_dir, STATE_NAME)) as handle:
+            return float(json.load(handle)["ttl_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return LOST_TTL_S
+
+
 def _redirect_stdio() -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
@@ -211,6 +298,22 @@ def _redirect_stdio() -> None:
 
 
 # One supervisor per command.
+
+
+def read_stream(
+    path: str, logged: int, total: int, tail: bytes, offset: int, limit: int
+) -> tuple[int, bytes]:
+    """A stream's bytes from ``offset``: from its log while the log has them, else from its
+    tail. Returns where the bytes start, which is after ``offset`` when the bytes there are
+    no longer kept (beyond ``max_log_bytes`` and older than the tail)."""
+    offset = min(max(offset, 0), total)
+    if offset < logged:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return offset, handle.read(min(limit, logged - offset))
+    tail_start = total - len(tail)
+    start = max(offset, tail_start)
+    return start, bytes(tail[start - tail_start : start - tail_start + limit])
 
 
 class Stream:
@@ -238,31 +341,83 @@ class Stream:
         if len(self.tail) > self.max_tail:
             del self.tail[: len(self.tail) - self.max_tail]
 
-    def state(self) -> dict[str, Any]:
-        return {
+    def read(self, offset: int, limit: int) -> tuple[int, bytes]:
+        return read_stream(self.path, self.logged, self.total, self.tail, offset, limit)
+
+    def state(self, tail: bool = True) -> dict[str, Any]:
+        shown: dict[str, Any] = {
             "bytes": self.total,
             "logged": self.logged,
             "sha256": self.digest.hexdigest(),
-            "tail": base64.b64encode(bytes(self.tail)).decode(),
         }
+        if tail:
+            shown["tail"] = base64.b64encode(bytes(self.tail)).decode()
+        return shown
+
+
+class Peer:
+    """One connection: the worker that launched the command, or any worker's request on the
+    session's socket. Newline-delimited JSON both ways."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock: socket.socket | None = sock
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.sock is not None:
+            self.outbox += json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        while b"\n" in self.inbox:
+            line, _, rest = bytes(self.inbox).partition(b"\n")
+            self.inbox = bytearray(rest)
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if isinstance(message, dict):
+                    yield message
+
+
+@dataclass
+class Waiter:
+    """A request answered later: a poll waiting for output, a kill or input waiting to land."""
+
+    peer: Peer
+    request: dict[str, Any]
+    deadline: float
+
+
+MODE_SWITCH = re.compile(rb"\x1b\[\?([0-9;]*)([hl])")  # DECSET / DECRST
+CURSOR_KEY_MODE = b"1"  # DECCKM: cursor keys send SS3 (ESC O) instead of CSI (ESC [)
+INPUT_WAIT_S = 10.0  # a program that reads no input: answer with what it took so far
+KILL_WAIT_S = 2.0  # beyond the grace, for the kernel to finish what SIGKILL began
 
 
 class Supervisor:
     """Runs one command from launch request to final state (see the module docstring)."""
 
     def __init__(self, conn: socket.socket, state_dir: str) -> None:
-        self.conn: socket.socket | None = conn
+        self.launcher: Peer | None = Peer(conn)
+        self.peers: dict[int, Peer] = {conn.fileno(): self.launcher}
         self.state_dir = state_dir
         self.selector = selectors.DefaultSelector()
-        self.inbox = bytearray()
-        self.outbox = bytearray()
         self.streams: dict[int, Stream] = {}  # readable descriptor -> its stream
         self.named: dict[str, Stream] = {}
         self.pid = 0
         self.status: int | None = None
+        self.finished = False  # the main process ended and its output is drained
         self.timed_out = False
         self.kill_at: float | None = None
         self.recorded_running = False
+        self.removing = False
+        self.waiters: list[Waiter] = []
+        self.input = bytearray()  # queued for the command's stdin, in arrival order
+        self.input_queued = self.input_written = 0  # totals, in bytes
+        self.close_stdin_when_written = False
+        self.stdin_writer: int | None = None
+        self.application_cursor = False
+        self.mode_carry = b""
+        self.listener: socket.socket | None = None
 
     # Setup.
 
@@ -276,42 +431,87 @@ class Supervisor:
         self._send({"event": "accepted"})
         self._flush_blocking()
         self.spec = request
-        self.session_dir = os.path.join(self.state_dir, SESSIONS, request["session_id"])
-        os.makedirs(self.session_dir, mode=0o700, exist_ok=False)
-        self.state_path = os.path.join(self.session_dir, "state.json")
+        if not self._take_slot():
+            message = f"{request['max_sessions']} sessions are running, the policy's max_sessions"
+            self._send({"event": "failed", "code": "too_many_sessions", "message": message})
+            self._flush_blocking()
+            return 0
+        self._make_session_dir()
         try:
             self._start(fds)
         except OSError as exc:
             self._send({"event": "failed", "code": "spawn_failed", "message": _describe(exc)})
             self._flush_blocking()
-            failed = self._state("failed", error=_describe(exc))
-            write_json_atomically(self.state_path, failed, durable=False)
+            self._finish(self._state("failed", error=_describe(exc)))
             return 0
         self._send({"event": "started", "pid": self.pid, "started_at": self.started_at})
         self._flush()
+        write_json_atomically(STATE_NAME, self._state("running"), durable=False)
         self._loop()
+        self.finished = True
         final = self._state(self._final_state())
         self._send({"event": "exited", **final})
-        self._flush_blocking()
-        # A worker that got the final state records it in the database; one that is gone
-        # leaves this file as the only record, so then it is made durable.
-        write_json_atomically(self.state_path, final, durable=self.conn is None)
+        self._finish(final)
         return 0
 
+    def _take_slot(self) -> bool:
+        """One of ``max_sessions`` slot files, locked for as long as this supervisor lives: the
+        count of running sessions is exact across workers, and a supervisor that dies frees
+        its slot with its descriptors."""
+        slots = os.path.join(self.state_dir, SLOTS)
+        os.makedirs(slots, mode=0o700, exist_ok=True)
+        for number in range(self.spec["max_sessions"]):
+            fd = os.open(
+                os.path.join(slots, str(number)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.slot_fd = fd
+            return True
+        return False
+
+    def _make_session_dir(self) -> None:
+        """``sessions/<id>/``, which appears with its lock already held (it is made under a
+        dot name and renamed): whoever sees the directory can tell from the lock whether a
+        supervisor owns it. Its socket takes any worker's requests."""
+        session_id = self.spec["session_id"]
+        sessions = os.path.join(self.state_dir, SESSIONS)
+        making = os.path.join(sessions, f".{session_id}")
+        os.mkdir(making, 0o700)
+        self.lock_fd = os.open(
+            os.path.join(making, SESSION_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        os.write(self.lock_fd, f"{os.getpid()}\n".encode())  # who supervises: for operators
+        self.session_dir = os.path.join(sessions, session_id)
+        os.rename(making, self.session_dir)
+        os.chdir(self.session_dir)  # the socket is bound by its short name (107-byte limit)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        previous = os.umask(0o177)
+        try:
+            listener.bind(SESSION_SOCKET)
+        finally:
+            os.umask(previous)
+        listener.listen(64)
+        listener.setblocking(False)
+        self.listener = listener
+
     def _read_request(self) -> tuple[dict[str, Any] | None, list[int]]:
-        assert self.conn is not None
-        creds = self.conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _, peer_uid, _ = struct.unpack("3i", creds)
-        if peer_uid not in (0, os.getuid()):
+        assert self.launcher is not None and self.launcher.sock is not None
+        conn = self.launcher.sock
+        if not _trusted_peer(conn):
             return None, []
-        self.conn.settimeout(30.0)  # a worker sends its request at once; never wait forever
-        data, fds, _, _ = socket.recv_fds(self.conn, READ_CHUNK, 8)
+        conn.settimeout(30.0)  # a worker sends its request at once; never wait forever
+        data, fds, _, _ = socket.recv_fds(conn, READ_CHUNK, 8)
         buffer = bytearray(data)
         while b"\n" not in buffer and data and len(buffer) < MAX_REQUEST_BYTES:
-            data = self.conn.recv(READ_CHUNK)
+            data = conn.recv(READ_CHUNK)
             buffer += data
         line, _, rest = bytes(buffer).partition(b"\n")
-        self.inbox += rest
+        self.launcher.inbox += rest
         try:
             request = json.loads(line)
         except ValueError:
@@ -325,22 +525,23 @@ class Supervisor:
         pty = spec["pty"]
         names = ("output",) if pty else ("stdout", "stderr")
         child_ends: dict[str, int] = {}
+        initial = base64.b64decode(spec["stdin"]) if spec["stdin"] is not None else b""
         if pty:
             master, slave = os.openpty()
             winsize = struct.pack("HHHH", spec["rows"], spec["cols"], 0, 0)
             fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
             child_ends = {"stdin": slave, "stdout": slave, "stderr": slave}
             readers = {"output": master}
-            self.stdin_writer: int | None = os.dup(master)
+            self.stdin_writer = os.dup(master)
         else:
             readers = {}
             for name in names:
                 readers[name], child_ends[name] = os.pipe2(os.O_CLOEXEC)
-            if spec["stdin"] is None:
+            if spec["stdin"] is None and not spec["keep_stdin"]:
                 child_ends["stdin"] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-                self.stdin_writer = None
             else:
                 child_ends["stdin"], self.stdin_writer = os.pipe2(os.O_CLOEXEC)
+                self.close_stdin_when_written = not spec["keep_stdin"]
         for name in names:
             stream = Stream(
                 os.path.join(self.session_dir, f"{name}.log"),
@@ -370,20 +571,22 @@ class Supervisor:
         for fd in self.streams:
             os.set_blocking(fd, False)
             self.selector.register(fd, selectors.EVENT_READ, "output")
-        self.stdin_data = base64.b64decode(spec["stdin"]) if spec["stdin"] is not None else b""
         if self.stdin_writer is not None:
             os.set_blocking(self.stdin_writer, False)
-            if self.stdin_data or not pty:
-                self.selector.register(self.stdin_writer, selectors.EVENT_WRITE, "stdin")
+            self._queue_input(initial)
+            if not initial and self.close_stdin_when_written:
+                self._close_stdin()
         self.wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector through the pipe
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(number, lambda *_: self._begin_kill())
+            signal.signal(number, lambda *_: self._begin_kill(signal.SIGTERM, None))
         self.selector.register(self.wake_read, selectors.EVENT_READ, "wake")
-        if self.conn is not None:
-            self.conn.setblocking(False)
-            self.selector.register(self.conn, selectors.EVENT_READ, "conn")
+        assert self.launcher is not None and self.launcher.sock is not None
+        self.launcher.sock.setblocking(False)
+        self.selector.register(self.launcher.sock, selectors.EVENT_READ, "peer")
+        assert self.listener is not None
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
 
     def _become_command(
         self, fds: list[int], ends: dict[str, int], error_write: int, pty: bool
@@ -395,8 +598,14 @@ class Supervisor:
             os.setsid()
             if pty:
                 fcntl.ioctl(ends["stdin"], termios.TIOCSCTTY, 0)
-            for number in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            for number in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, *TERMINAL_SIGNALS):
                 signal.signal(number, signal.SIG_DFL)
+            if spec["sandbox"]:
+                # bwrap stays outside the sandbox in the command's process group, so a C-c
+                # would reach it, and its death takes the sandbox down with SIGKILL. It
+                # ignores these; inside, ``env --default-signal`` restores them.
+                for number in TERMINAL_SIGNALS:
+                    signal.signal(number, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             for name, value in spec["rlimits"].items():
                 resource.setrlimit(getattr(resource, name), (value, value))
@@ -436,7 +645,7 @@ class Supervisor:
             now = time.monotonic()
             if self.status is None and not self.timed_out and now >= self.deadline:
                 self.timed_out = True
-                self._begin_kill()
+                self._begin_kill(signal.SIGTERM, None)
             if self.status is not None and now > self.ended + self.spec["kill_grace_s"] + 1:
                 self._close_streams()  # held open by something that is not ours to kill
             if self.kill_at is not None and now >= self.kill_at:
@@ -446,12 +655,14 @@ class Supervisor:
                 self.deadline if self.status is None and not self.timed_out else None,
                 self.kill_at,
                 self.ended + self.spec["kill_grace_s"] + 1.01 if self.status is not None else None,
+                *(waiter.deadline for waiter in self.waiters),
             ]
             upcoming = [t for t in timers if t is not None]
             wait = max(0.0, min(upcoming) - now) if upcoming else None
             for key, mask in self.selector.select(wait):
                 getattr(self, f"_on_{key.data}")(key.fd, mask)
             self._reap()
+            self._answer_waiters(time.monotonic())
             self._flush()
 
     def _on_output(self, fd: int, _: int) -> None:
@@ -465,10 +676,21 @@ class Supervisor:
             data = b""
         if data:
             self.streams[fd].feed(data)
+            if self.spec["pty"]:
+                self._track_modes(data)
             return
         self.selector.unregister(fd)
         os.close(fd)
         del self.streams[fd]
+
+    def _track_modes(self, data: bytes) -> None:
+        """Follow DECCKM, so that cursor keys are sent as the program asked for them."""
+        window = self.mode_carry + data
+        if b"\x1b[?" in window:
+            for parameters, action in MODE_SWITCH.findall(window):
+                if CURSOR_KEY_MODE in parameters.split(b";"):
+                    self.application_cursor = action == b"h"
+        self.mode_carry = window[-16:]  # a switch split across two reads is still seen
 
     def _close_streams(self) -> None:
         for fd in list(self.streams):
@@ -476,76 +698,222 @@ class Supervisor:
             os.close(fd)
             del self.streams[fd]
 
-    def _on_stdin(self, fd: int, _: int) -> None:
-        try:
-            written = os.write(fd, self.stdin_data[:READ_CHUNK]) if self.stdin_data else 0
-        except BlockingIOError:
-            return
-        except OSError:  # the command closed its stdin
-            self.stdin_data = b""
-            written = 0
-        self.stdin_data = self.stdin_data[written:]
-        if not self.stdin_data:
-            self.selector.unregister(fd)
-            if not self.spec["pty"]:
-                os.close(fd)
-                self.stdin_writer = None
-
     def _on_wake(self, fd: int, _: int) -> None:
         with contextlib.suppress(BlockingIOError):
             os.read(fd, 4096)
 
-    def _on_conn(self, fd: int, _: int) -> None:
-        assert self.conn is not None
+    # Input: one queue, written in the order requests arrived.
+
+    def _queue_input(self, data: bytes) -> None:
+        if not data or self.stdin_writer is None:
+            return
+        if not self.input:
+            self.selector.register(self.stdin_writer, selectors.EVENT_WRITE, "stdin")
+        self.input += data
+        self.input_queued += len(data)
+
+    def _on_stdin(self, fd: int, _: int) -> None:
         try:
-            data = self.conn.recv(READ_CHUNK)
+            written = os.write(fd, self.input[:READ_CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # the command closed its stdin
+            self._close_stdin()
+            return
+        del self.input[:written]
+        self.input_written += written
+        if not self.input:
+            self.selector.unregister(fd)
+            if self.close_stdin_when_written:
+                self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.stdin_writer is None:
+            return
+        if self.input:
+            self.selector.unregister(self.stdin_writer)
+            self.input.clear()
+        os.close(self.stdin_writer)
+        self.stdin_writer = None
+
+    # Requests from workers.
+
+    def _on_accept(self, fd: int, _: int) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if not _trusted_peer(conn):
+            conn.close()
+            return
+        conn.setblocking(False)
+        self.peers[conn.fileno()] = Peer(conn)
+        self.selector.register(conn, selectors.EVENT_READ, "peer")
+
+    def _on_peer(self, fd: int, _: int) -> None:
+        peer = self.peers[fd]
+        assert peer.sock is not None
+        try:
+            data = peer.sock.recv(READ_CHUNK)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
-            self._drop_conn()
+            self._drop(peer)
             return
-        self.inbox += data
-        while b"\n" in self.inbox:
-            line, _, rest = bytes(self.inbox).partition(b"\n")
-            self.inbox = bytearray(rest)
+        peer.inbox += data
+        if len(peer.inbox) > MAX_REQUEST_BYTES:
+            self._drop(peer)
+            return
+        for message in peer.messages():
             try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if message.get("snapshot"):
-                running = self._state("running")
-                self._send({"event": "snapshot", **running})
-                self._record_running()
-        self._flush()
+                self._handle(peer, message)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                # A malformed request is answered, never fatal: the command depends on us.
+                peer.send({"event": "error", "code": "bad_request", "message": _describe(exc)})
+
+    def _handle(self, peer: Peer, message: dict[str, Any]) -> None:
+        operation = message.get("op", "snapshot" if message.get("snapshot") else None)
+        now = time.monotonic()
+        if operation == "snapshot":  # the launching worker is about to answer "running"
+            peer.send({"event": "snapshot", **self._state("running")})
+            self._record_running()
+        elif operation == "state":
+            peer.send({"event": "state", **self._state("running", tails=False)})
+        elif operation == "poll":
+            wait_s = min(float(message.get("wait_ms", 0)), 30_000) / 1000
+            self.waiters.append(Waiter(peer, message, now + wait_s))
+        elif operation == "input":
+            self._handle_input(peer, message, now)
+        elif operation == "kill":
+            number = signal.Signals[message["signal"]]
+            grace = message.get("grace_s", self.spec["kill_grace_s"])
+            self._begin_kill(number, grace)
+            self.waiters.append(Waiter(peer, message, now + grace + KILL_WAIT_S))
+        elif operation == "remove":
+            self.removing = True
+            self._begin_kill(signal.SIGKILL, 0)
+            self.waiters.append(Waiter(peer, message, now + 3600))  # answered in _finish
+        else:
+            peer.send({"event": "error", "code": "bad_request", "message": "unknown op"})
+
+    def _handle_input(self, peer: Peer, message: dict[str, Any], now: float) -> None:
+        if self.status is not None:
+            peer.send({"event": "error", "code": "session_finished"})
+            return
+        if message.get("terminal") and not self.spec["pty"]:
+            peer.send({"event": "error", "code": "not_a_pty"})
+            return
+        if self.stdin_writer is None:
+            peer.send({"event": "error", "code": "stdin_closed"})
+            return
+        data = bytearray()
+        for part in message["parts"]:
+            if "cursor" in part:  # an unmodified cursor key: its bytes depend on DECCKM
+                introducer = b"\x1bO" if self.application_cursor else b"\x1b["
+                data += introducer + part["cursor"].encode()
+            else:
+                data += base64.b64decode(part["bytes"])
+        start = self.input_queued
+        self._queue_input(bytes(data))
+        if message.get("eof"):
+            if self.spec["pty"]:
+                self._queue_input(b"\x04")  # the terminal's EOF character (VEOF)
+            elif self.input:
+                self.close_stdin_when_written = True
+            else:
+                self._close_stdin()
+        request = {**message, "start": start, "end": self.input_queued}
+        self.waiters.append(Waiter(peer, request, now + INPUT_WAIT_S))
+
+    def _answer_waiters(self, now: float) -> None:
+        waiting = []
+        for waiter in self.waiters:
+            answer = self._answer(waiter, now)
+            if answer is None:
+                waiting.append(waiter)
+            else:
+                waiter.peer.send(answer)
+        self.waiters = waiting
+
+    def _answer(self, waiter: Waiter, now: float) -> dict[str, Any] | None:
+        """The answer to a waiting request, or None while it must wait longer."""
+        request, due = waiter.request, now >= waiter.deadline
+        operation = request["op"]
+        if operation == "poll":
+            offsets = request["offsets"]
+            fresh = any(
+                name in self.named and self.named[name].total > offset
+                for name, offset in offsets.items()
+            )
+            if not (fresh or self.finished or due):
+                return None
+            return self._poll_answer(offsets, int(request["limit"]))
+        if operation == "input":
+            landed = min(self.input_written, request["end"]) - request["start"]
+            wanted = request["end"] - request["start"]
+            if self.stdin_writer is None and landed < wanted:
+                return {"event": "error", "code": "stdin_closed", "bytes": max(landed, 0)}
+            if landed < wanted and not due:
+                return None
+            return {"event": "input", "bytes": landed, "queued": wanted - landed}
+        if operation == "kill":
+            if not (self.finished or due):
+                return None
+            return {"event": "kill", **self._state(self._current_state(), tails=False)}
+        return None  # remove: answered once the directory is gone (_finish)
+
+    def _poll_answer(self, offsets: dict[str, int], limit: int) -> dict[str, Any]:
+        answer = {"event": "poll", **self._state(self._current_state(), tails=False)}
+        chunks = {}
+        for name, offset in offsets.items():
+            if name in self.named:
+                start, data = self.named[name].read(offset, limit)
+                chunks[name] = {"start": start, "data": base64.b64encode(data).decode()}
+        answer["chunks"] = chunks
+        return answer
+
+    def _current_state(self) -> str:
+        return self._final_state() if self.finished else "running"
 
     def _record_running(self) -> None:
-        """``state.json`` says ``running`` once the worker may no longer be waiting: when it
-        asks for a snapshot (it is about to answer ``running``) or goes away. A command that
-        ends while its worker waits gets only its final state, one file write less."""
+        """``state.json`` is made durable while the command runs once the worker may no
+        longer be waiting: when it asks for a snapshot (it is about to answer ``running``) or
+        goes away. A command that ends while its worker waits needs no fsync at all."""
         if self.status is None and not self.recorded_running:
-            write_json_atomically(self.state_path, self._state("running"), durable=True)
+            write_json_atomically(STATE_NAME, self._state("running"), durable=True)
             self.recorded_running = True
 
-    def _drop_conn(self) -> None:
-        if self.conn is not None and self.status is None and hasattr(self, "state_path"):
-            self._record_running()
-        if self.conn is not None:
-            self.selector.unregister(self.conn)
-            self.conn.close()
-            self.conn = None
+    def _drop(self, peer: Peer) -> None:
+        if peer.sock is None:
+            return
+        if peer is self.launcher:
+            if hasattr(self, "started"):
+                self._record_running()
+            self.launcher = None
+        self.waiters = [waiter for waiter in self.waiters if waiter.peer is not peer]
+        del self.peers[peer.sock.fileno()]
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(peer.sock)
+        peer.sock.close()
+        peer.sock = None
 
     # Signals and reaping.
 
-    def _begin_kill(self) -> None:
-        """SIGTERM to the command's group and every descendant; SIGKILL after the grace."""
-        if self.kill_at is not None:
+    def _begin_kill(self, number: int, grace_s: float | None) -> None:
+        """``number`` to the command's group and every descendant; SIGKILL after the grace
+        (the policy's ``kill_grace_s`` unless a kill request gave its own)."""
+        if self.status is not None or not self.pid:
             return
         with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGTERM)
-        self._signal_all(signal.SIGTERM)
-        self.kill_at = time.monotonic() + self.spec["kill_grace_s"]
+            os.killpg(self.pid, number)
+        self._signal_all(number)
+        grace = self.spec["kill_grace_s"] if grace_s is None else grace_s
+        kill_at = time.monotonic() + grace
+        if self.kill_at is None or kill_at < self.kill_at:
+            self.kill_at = kill_at
 
     def _signal_all(self, number: int) -> None:
         for pid in descendants(os.getpid()):
@@ -584,7 +952,7 @@ class Supervisor:
             return "timed_out"
         return "signalled" if os.WIFSIGNALED(self.status) else "exited"
 
-    def _state(self, state: str, error: str | None = None) -> dict[str, Any]:
+    def _state(self, state: str, error: str | None = None, tails: bool = True) -> dict[str, Any]:
         ended = self.status is not None
         record: dict[str, Any] = {
             "session_id": self.spec["session_id"],
@@ -600,7 +968,9 @@ class Supervisor:
             else 0,
             "exit_code": None,
             "signal": None,
-            "streams": {name: stream.state() for name, stream in self.named.items()},
+            "stdin_open": self.stdin_writer is not None and not ended,
+            "ttl_s": self.spec["session_ttl_s"],
+            "streams": {name: stream.state(tails) for name, stream in self.named.items()},
         }
         if ended:
             assert self.status is not None
@@ -612,34 +982,72 @@ class Supervisor:
             record["error"] = error
         return record
 
-    # Talking to the worker.
+    def _finish(self, final: dict[str, Any]) -> None:
+        """Record the final state, answer everyone, and leave: the socket goes first, so a
+        worker that cannot connect any more finds the final state on disk."""
+        if not self.removing:
+            # A worker that got the final state records it in the database; one that is gone
+            # leaves this file as the only record, so then it is made durable.
+            write_json_atomically(STATE_NAME, final, durable=self.launcher is None)
+            expires = time.time() + self.spec["session_ttl_s"]
+            os.close(os.open(EXPIRES_NAME, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.utime(EXPIRES_NAME, (expires, expires))
+        if self.listener is not None:
+            self.listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(SESSION_SOCKET)
+        now = time.monotonic()
+        for waiter in self.waiters:
+            if waiter.request["op"] != "remove":
+                answer = self._answer(waiter, now)
+                if answer is None:  # input that cannot land any more
+                    answer = {"event": "error", "code": "session_finished"}
+                waiter.peer.send(answer)
+        if self.removing:
+            os.chdir(self.state_dir)
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+            for waiter in self.waiters:
+                if waiter.request["op"] == "remove":
+                    waiter.peer.send({"event": "removed", **final})
+        self._flush_blocking()
+
+    # Talking to workers.
 
     def _send(self, message: dict[str, Any]) -> None:
-        if self.conn is not None:
-            self.outbox += json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        if self.launcher is not None:
+            self.launcher.send(message)
 
     def _flush(self) -> None:
-        while self.conn is not None and self.outbox:
-            try:
-                sent = self.conn.send(self.outbox)
-            except BlockingIOError:
-                return  # the rest goes with the next message; a slow worker never stalls us
-            except OSError:
-                self._drop_conn()
-                return
-            del self.outbox[:sent]
+        for peer in list(self.peers.values()):
+            while peer.sock is not None and peer.outbox:
+                try:
+                    sent = peer.sock.send(peer.outbox)
+                except BlockingIOError:
+                    break  # the rest goes with the next message; a slow worker never stalls us
+                except OSError:
+                    self._drop(peer)
+                    break
+                del peer.outbox[:sent]
 
     def _flush_blocking(self) -> None:
-        if self.conn is None:
-            return
-        self.conn.settimeout(5.0)
-        try:
-            self.conn.sendall(self.outbox)
-        except OSError:
-            self._drop_conn()
-        self.outbox.clear()
-        if self.conn is not None:
-            self.conn.setblocking(False)
+        for peer in list(self.peers.values()):
+            if peer.sock is None or not peer.outbox:
+                continue
+            peer.sock.settimeout(5.0)
+            try:
+                peer.sock.sendall(peer.outbox)
+            except OSError:
+                self._drop(peer)
+                continue
+            peer.outbox.clear()
+            peer.sock.setblocking(False)
+
+
+def _trusted_peer(conn: socket.socket) -> bool:
+    """Only root or the service's own user may talk to a supervisor."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, peer_uid, _ = struct.unpack("3i", creds)
+    return peer_uid in (0, os.getuid())
 
 
 def reaped() -> Iterator[tuple[int, int]]:

@@ -143,3 +143,26 @@ def _hung_up(run) -> bool:
             return peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
+
+
+def test_a_command_cannot_reach_another_sessions_socket(exec_host) -> None:
+    """Run as ``nobody`` (the service is root), a command would type into any session it
+    could connect to: the socket is 0600 in 0700 directories, and its supervisor also checks
+    the peer's uid."""
+    host = exec_host('security = "full"\n')
+    victim = host.start({"argv": ["cat"]})
+    path = host.state / "sessions" / victim / "session.sock"
+    script = (
+        "import os, socket\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        f"    os.chdir({str(path.parent)!r})  # a socket's path is limited to 107 bytes\n"
+        "    s.connect('session.sock')\n"
+        "    print('connected')\n"
+        "except OSError as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    result = host.run({"argv": ["python3", "-c", script]})
+    assert result["stdout"] == "PermissionError\n"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    host.process("kill", {"session_id": victim, "signal": "KILL"})

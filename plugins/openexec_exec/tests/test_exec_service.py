@@ -5,44 +5,10 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx2 as httpx
-import pytest
 
-from tests.support.commands import alive, stop_daemon, wait_until
-from tests.support.processes import Uvicorn
-
-
-@pytest.fixture
-def service(tmp_path: Path, shared_tmp: Path):
-    """Start ``main:app`` with only the exec pack; stop everything afterwards."""
-    started: list[Uvicorn] = []
-    state = tmp_path / "state"
-
-    def start(policy: str = 'security = "full"\n', workers: int = 2, **extra: str) -> Uvicorn:
-        policy_file = tmp_path / "policy.toml"
-        policy_file.write_text(policy)
-        env = {
-            "OPENEXEC_PLUGINS": "openexec-exec",
-            "OPENEXEC_DB_URL": f"sqlite:///{tmp_path / 'openexec.db'}",
-            "OPENEXEC_RECEIPT_KEY": str(tmp_path / "receipt-key.pem"),
-            "OPENEXEC_EXEC_WORKSPACE": str(shared_tmp / "workspace"),
-            "OPENEXEC_EXEC_STATE": str(state),
-            "OPENEXEC_EXEC_POLICY": str(policy_file),
-            **extra,
-        }
-        server = Uvicorn("main:app", env, workers=workers, log=tmp_path / "uvicorn.log")
-        started.append(server)
-        return server
-
-    from openexec.cli import main as cli  # the receipt key, made once for every start
-
-    assert cli(["keygen", "--out", str(tmp_path / "receipt-key.pem")]) == 0
-    yield start
-    for server in started:
-        server.stop()
-    stop_daemon(state)
+from tests.support.commands import alive, wait_until
 
 
 def execute(url: str, payload: dict, nonce: str, timeout: float = 60) -> httpx.Response:
