@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,8 @@ class ExecHost:
         """Poll (waiting on the supervisor, never sleeping here) and gather the output until
         ``condition(output so far, last answer)`` holds; return both."""
         gathered, offsets = "", {"stdout_offset": 0, "offset": 0}
-        for _ in range(200):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             answer = self.process(
                 "poll", {"session_id": session_id, "wait_ms": 2000, **offsets, **extra}
             )

@@ -155,7 +155,9 @@ def test_c_c_in_the_sandbox_reaches_the_command_not_bwrap(exec_host) -> None:
     host.process("submit", {"session_id": session})
     output, last = host.poll_until(session, lambda _, answer: answer["state"] != "running")
     assert "still here" in output and last["exit_code"] == 0
-    plain = host.start({"argv": ["sleep", "100"], "pty": True})
+    # C-c before the command runs (while bwrap sets the sandbox up) is ignored: wait for it.
+    plain = host.start({"argv": ["sh", "-c", "echo ready; exec sleep 100"], "pty": True})
+    host.poll_until(plain, lambda out, _: "ready" in out)
     host.process("send_keys", {"session_id": plain, "keys": ["C-c"]})
     _, last = host.poll_until(plain, lambda _, answer: answer["state"] != "running")
     assert last["exit_code"] == 128 + 2  # bwrap reports a signalled command as a shell does
