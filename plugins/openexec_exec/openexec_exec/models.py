@@ -112,7 +112,10 @@ class PollPayload(SessionPayload):
     offset: int = Field(0, ge=0, description="The PTY's merged output.")
     wait_ms: int = Field(0, ge=0, le=MAX_WAIT_MS)
     max_bytes: int | None = Field(
-        None, ge=1, description="Per stream; the policy's max_output_bytes when unset."
+        None,
+        ge=1,
+        le=1 << 20,
+        description="Per stream; the policy's max_output_bytes (at most 1 MiB) when unset.",
     )
     output_encoding: Literal["utf-8", "base64"] = "utf-8"
 

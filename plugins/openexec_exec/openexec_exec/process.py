@@ -152,7 +152,7 @@ class ProcessActions:
 
     async def poll(self, payload: PollPayload, ctx: Context) -> dict[str, Any]:
         directory = self.sessions.directory(payload.session_id)
-        limit = payload.max_bytes or max(self.policy.max_output_bytes, 1)
+        limit = payload.max_bytes or min(max(self.policy.max_output_bytes, 1), 1 << 20)
         offsets = {
             "stdout": payload.stdout_offset,
             "stderr": payload.stderr_offset,
@@ -188,7 +188,9 @@ class ProcessActions:
             following = start + len(data) < stream["bytes"]
             if payload.output_encoding == "utf-8":
                 if following or answer["state"] == "running":
-                    data = complete_utf8(data)
+                    # Never trimmed to nothing (a max_bytes under a character's length):
+                    # the poller would then never move on.
+                    data = complete_utf8(data) or data
                 text = data.decode("utf-8", errors="replace")
             else:
                 text = base64.b64encode(data).decode()

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,8 @@ from openexec_exec import client, supervisor
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 INSTANCE_FILE = "instance"
+RETRY_S = 0.02
+DEADLINE_MARGIN_S = 1.0
 LOST = "lost"  # the state of a session whose supervisor vanished before it recorded an end
 
 
@@ -91,25 +94,62 @@ class Sessions:
         self, directory: Path, request: dict[str, Any], timeout_s: float
     ) -> dict[str, Any] | None:
         """The supervisor's answer to ``request``, or None when no supervisor runs the
-        session any more (then ``recorded`` has its final state)."""
+        session any more (then ``recorded`` has its final state). A supervisor that is alive
+        but does not answer (busy, its backlog full) is asked again, and is ``supervisor_lost``
+        only after ``timeout_s``: its session is never taken for ended while it runs."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            answer = await self._ask_once(directory, request, timeout_s)
+            if answer is not None and answer.get("code") in ("expired", "bad_request"):
+                raise ActionError(
+                    "supervisor_lost",
+                    f"the session's supervisor refused the request ({answer['code']}): "
+                    f"{answer.get('message', '')}",
+                )
+            if answer is not None:
+                return answer
+            if await asyncio.to_thread(self._ended, directory):
+                return None
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ActionError(
+                    "supervisor_lost",
+                    f"the session's supervisor did not answer in {timeout_s:g} s",
+                )
+            await asyncio.sleep(RETRY_S)
+
+    async def _ask_once(
+        self, directory: Path, request: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any] | None:
         try:
             sock = await client.connect(directory, supervisor.SESSION_SOCKET)
-        except (FileNotFoundError, ConnectionRefusedError):
+        except OSError:  # gone, refused, or (EAGAIN) its backlog is full
             return None
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=client.MESSAGE_LIMIT)
+        # A request the supervisor reads only after we gave up (it was stopped, say) must not
+        # act then: it carries a deadline (CLOCK_MONOTONIC is the same in every process), a
+        # margin before ours, so an answer to one acted on still reaches us.
+        margin = min(DEADLINE_MARGIN_S, timeout_s / 2)
+        timed = {**request, "deadline": time.monotonic() + timeout_s - margin}
         try:
-            writer.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+            writer.write(json.dumps(timed, separators=(",", ":")).encode() + b"\n")
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), timeout_s)
-        except (ConnectionError, OSError):
-            return None
+            return json.loads(line) if line.endswith(b"\n") else None
         except TimeoutError:
             raise ActionError(
                 "supervisor_lost", f"the session's supervisor did not answer in {timeout_s:g} s"
             ) from None
+        except (OSError, ValueError):  # the connection broke, or an answer over the limit
+            return None
         finally:
             writer.close()
-        return json.loads(line) if line else None
+
+    def _ended(self, directory: Path) -> bool:
+        """Whether the session has recorded its end, or has no supervisor left."""
+        state = self._read_state(directory)
+        if state is not None and state["state"] != "running":
+            return True
+        return not supervisor.supervised(str(directory))
 
     def recorded(self, directory: Path) -> dict[str, Any]:
         """``state.json``, with ``lost`` for a session still marked running whose supervisor

@@ -51,6 +51,7 @@ import fcntl
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import resource
@@ -332,11 +333,13 @@ class Stream:
         room = self.max_log - self.logged
         if room > 0:
             chunk = data[:room]
-            if self.log < 0:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-                self.log = os.open(self.path, flags, 0o600)
-            os.write(self.log, chunk)
-            self.logged += len(chunk)
+            try:
+                if self.log < 0:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                    self.log = os.open(self.path, flags, 0o600)
+                self.logged += os.write(self.log, chunk)
+            except OSError:  # the disk is full: the log stops here, as at max_log_bytes
+                self.max_log = self.logged
         self.tail += data
         if len(self.tail) > self.max_tail:
             del self.tail[: len(self.tail) - self.max_tail]
@@ -369,10 +372,10 @@ class Peer:
             self.outbox += json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
     def messages(self) -> Iterator[dict[str, Any]]:
-        while b"\n" in self.inbox:
-            line, _, rest = bytes(self.inbox).partition(b"\n")
-            self.inbox = bytearray(rest)
-            with contextlib.suppress(ValueError):
+        while (end := self.inbox.find(b"\n")) >= 0:
+            line = bytes(self.inbox[:end])
+            del self.inbox[: end + 1]
+            with contextlib.suppress(ValueError, RecursionError):  # not JSON, or too deep
                 message = json.loads(line)
                 if isinstance(message, dict):
                     yield message
@@ -387,6 +390,9 @@ class Waiter:
     deadline: float
 
 
+MAX_OUTBOX_BYTES = 64 << 20  # answers a worker has not read: beyond, it is dropped
+MAX_POLL_BYTES = 4 << 20  # per stream in one poll answer
+FLUSH_WAIT_S = 5.0
 MODE_SWITCH = re.compile(rb"\x1b\[\?([0-9;]*)([hl])")  # DECSET / DECRST
 CURSOR_KEY_MODE = b"1"  # DECCKM: cursor keys send SS3 (ESC O) instead of CSI (ESC [)
 INPUT_WAIT_S = 10.0  # a program that reads no input: answer with what it took so far
@@ -495,7 +501,7 @@ class Supervisor:
             listener.bind(SESSION_SOCKET)
         finally:
             os.umask(previous)
-        listener.listen(64)
+        listener.listen(1024)
         listener.setblocking(False)
         self.listener = listener
 
@@ -751,9 +757,13 @@ class Supervisor:
         self.peers[conn.fileno()] = Peer(conn)
         self.selector.register(conn, selectors.EVENT_READ, "peer")
 
-    def _on_peer(self, fd: int, _: int) -> None:
+    def _on_peer(self, fd: int, mask: int) -> None:
         peer = self.peers[fd]
         assert peer.sock is not None
+        if mask & selectors.EVENT_WRITE:
+            self._flush_peer(peer)
+        if not mask & selectors.EVENT_READ or peer.sock is None:
+            return
         try:
             data = peer.sock.recv(READ_CHUNK)
         except BlockingIOError:
@@ -777,19 +787,31 @@ class Supervisor:
     def _handle(self, peer: Peer, message: dict[str, Any]) -> None:
         operation = message.get("op", "snapshot" if message.get("snapshot") else None)
         now = time.monotonic()
+        deadline = message.get("deadline")
+        if deadline is not None and now > _bounded_seconds(deadline, math.inf):
+            peer.send({"event": "error", "code": "expired", "message": "read after its deadline"})
+            return  # its worker has given up on it: acting now would act unrecorded
         if operation == "snapshot":  # the launching worker is about to answer "running"
             peer.send({"event": "snapshot", **self._state("running")})
             self._record_running()
         elif operation == "state":
             peer.send({"event": "state", **self._state("running", tails=False)})
         elif operation == "poll":
-            wait_s = min(float(message.get("wait_ms", 0)), 30_000) / 1000
+            offsets, limit = message["offsets"], message["limit"]
+            if not (
+                isinstance(offsets, dict)
+                and all(_count(offset) for offset in offsets.values())
+                and _count(limit)
+                and 0 < limit <= MAX_POLL_BYTES
+            ):
+                raise ValueError("offsets are counts of bytes, and limit a positive count")
+            wait_s = _bounded_seconds(message.get("wait_ms", 0), 30_000) / 1000
             self.waiters.append(Waiter(peer, message, now + wait_s))
         elif operation == "input":
             self._handle_input(peer, message, now)
         elif operation == "kill":
             number = signal.Signals[message["signal"]]
-            grace = message.get("grace_s", self.spec["kill_grace_s"])
+            grace = _bounded_seconds(message.get("grace_s", self.spec["kill_grace_s"]), 600)
             self._begin_kill(number, grace)
             self.waiters.append(Waiter(peer, message, now + grace + KILL_WAIT_S))
         elif operation == "remove":
@@ -831,7 +853,10 @@ class Supervisor:
     def _answer_waiters(self, now: float) -> None:
         waiting = []
         for waiter in self.waiters:
-            answer = self._answer(waiter, now)
+            try:
+                answer = self._answer(waiter, now)
+            except (KeyError, ValueError, TypeError, OSError) as exc:  # never fatal (_handle)
+                answer = {"event": "error", "code": "bad_request", "message": _describe(exc)}
             if answer is None:
                 waiting.append(waiter)
             else:
@@ -1019,21 +1044,35 @@ class Supervisor:
 
     def _flush(self) -> None:
         for peer in list(self.peers.values()):
-            while peer.sock is not None and peer.outbox:
-                try:
-                    sent = peer.sock.send(peer.outbox)
-                except BlockingIOError:
-                    break  # the rest goes with the next message; a slow worker never stalls us
-                except OSError:
-                    self._drop(peer)
-                    break
-                del peer.outbox[:sent]
+            self._flush_peer(peer)
+
+    def _flush_peer(self, peer: Peer) -> None:
+        """Send what the socket takes now; the rest is sent when it becomes writable, so a
+        slow worker never stalls us. One that lets its answers pile up is dropped."""
+        while peer.sock is not None and peer.outbox:
+            try:
+                sent = peer.sock.send(peer.outbox)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._drop(peer)
+                return
+            del peer.outbox[:sent]
+        if peer.sock is None:
+            return
+        if len(peer.outbox) > MAX_OUTBOX_BYTES:
+            self._drop(peer)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.outbox else 0)
+        if self.selector.get_key(peer.sock).events != events:
+            self.selector.modify(peer.sock, events, "peer")
 
     def _flush_blocking(self) -> None:
+        deadline = time.monotonic() + FLUSH_WAIT_S  # for every peer together
         for peer in list(self.peers.values()):
             if peer.sock is None or not peer.outbox:
                 continue
-            peer.sock.settimeout(5.0)
+            peer.sock.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
                 peer.sock.sendall(peer.outbox)
             except OSError:
@@ -1041,6 +1080,17 @@ class Supervisor:
                 continue
             peer.outbox.clear()
             peer.sock.setblocking(False)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bounded_seconds(value: Any, most: float) -> float:
+    """A number of seconds (or milliseconds) from a request: finite, 0 to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return min(max(float(value), 0.0), most)
 
 
 def _trusted_peer(conn: socket.socket) -> bool:

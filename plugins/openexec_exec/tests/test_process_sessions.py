@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import time
 
 from tests.support.commands import alive, wait_until
@@ -51,6 +53,8 @@ def test_a_poll_never_splits_a_character_between_two_answers(exec_host) -> None:
     assert answer["stdout"] == "é" and answer["next_stdout_offset"] == 2 and answer["more"]
     raw = host.process("poll", {"session_id": session, "max_bytes": 3, "output_encoding": "base64"})
     assert raw["stdout"] == "w6nD" and raw["next_stdout_offset"] == 3  # bytes as they are
+    tiny = host.process("poll", {"session_id": session, "max_bytes": 1})
+    assert tiny["next_stdout_offset"] == 1  # less than a character: it still moves on
 
 
 def test_a_poll_with_the_same_nonce_replays_and_does_not_read_again(exec_host) -> None:
@@ -242,3 +246,73 @@ def test_a_session_whose_supervisor_was_killed_reads_lost(exec_host) -> None:
     assert answer["state"] == "lost" and answer["stdout"] == "started\n"
     host.failed({"session_id": session, "data": "x"}, "session_finished", "process.write")
     wait_until(lambda: (directory / "expires").exists())  # the sweep gives it its TTL
+
+
+def test_large_output_is_followed_in_full_by_bounded_polls(exec_host) -> None:
+    """Answers bigger than a socket's buffer are sent as the worker reads them, not left
+    waiting for the next event on a quiet session."""
+    host = exec_host(FULL)
+    size = 3_000_000
+    script = f"head -c {size} /dev/zero | tr '\\0' a; echo; echo done >&2; sleep 100"
+    session = host.start({"argv": ["sh", "-c", script]})
+    host.poll_until(session, lambda _, answer: answer["stderr_bytes"] == 5, max_bytes=1)
+    offset = 0
+    while offset < size + 1:
+        answer = host.process(
+            "poll", {"session_id": session, "stdout_offset": offset, "max_bytes": 1 << 20}
+        )
+        assert answer["state"] == "running" and answer["stdout_bytes"] == size + 1
+        assert answer["stdout_offset"] == offset and len(answer["stdout"]) <= 1 << 20
+        offset = answer["next_stdout_offset"]
+    assert offset == size + 1 and not answer["more"]
+    host.process("kill", {"session_id": session, "signal": "KILL"})
+
+
+def test_a_malformed_request_to_the_supervisor_is_answered_and_harms_nothing(exec_host) -> None:
+    host = exec_host(FULL)
+    session = host.start({"argv": ["sleep", "100"]})
+    directory = host.state / "sessions" / session
+    requests = [
+        b'{"op":"poll"}',
+        b'{"op":"poll","offsets":{"stdout":1.5},"limit":10}',
+        b'{"op":"poll","offsets":{},"limit":"x"}',
+        b'{"op":"kill","signal":"SIGTERM","grace_s":NaN}',
+        b'{"op":"kill","signal":"SIGNOPE"}',
+        b'{"op":"input","parts":[{"nope":1}]}',
+        b"[" * 100_000,
+    ]
+    fd = os.open(directory, os.O_PATH)
+    try:
+        for request in requests:
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.settimeout(10)  # an answer comes at once, or the test fails
+                peer.connect(f"/proc/self/fd/{fd}/session.sock")
+                peer.sendall(request + b"\n" + b'{"op":"state"}\n')
+                answers = peer.makefile("rb")
+                first = json.loads(answers.readline())
+                if request.startswith(b"["):  # not an object: skipped, the next one answered
+                    assert first["event"] == "state"
+                    continue
+                then = json.loads(answers.readline())
+            assert first["event"] == "error" and first["code"] == "bad_request", first
+            assert then["event"] == "state" and then["state"] == "running"
+    finally:
+        os.close(fd)
+    assert host.process("poll", {"session_id": session})["state"] == "running"
+    stubborn = host.process("kill", {"session_id": session, "grace_ms": 100})
+    assert stubborn["state"] == "signalled"  # the escalation still works
+
+
+def test_a_supervisor_that_does_not_answer_is_never_taken_for_ended(exec_host) -> None:
+    host = exec_host(FULL)
+    session = host.start({"argv": ["sleep", "100"]})
+    directory = host.state / "sessions" / session
+    supervisor = int((directory / "lock").read_text())
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        host.failed({"session_id": session, "grace_ms": 0}, "supervisor_lost", "process.kill")
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    assert directory.exists()
+    assert host.process("poll", {"session_id": session})["state"] == "running"
+    host.process("remove", {"session_id": session})
