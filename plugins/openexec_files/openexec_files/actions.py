@@ -1,4 +1,4 @@
-"""The seven file actions; results are deterministic: no timestamps, no inode numbers, sorted."""
+"""The file actions; results are deterministic: no timestamps, no inode numbers, sorted."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from openexec import Action, ActionError, Context
+from openexec_files.apply_patch import PatchApplier
 from openexec_files.atomic import publish, rename_noreplace
 from openexec_files.errors import failure, fs_error, shorten
+from openexec_files.journal import Journal
 from openexec_files.models import (
+    ApplyPatchInput,
     DeleteInput,
     ListInput,
     MkdirInput,
@@ -60,10 +63,17 @@ class FilesPack:
     is created deeper, and list and recursive delete walk anything up to it.
     """
 
-    def __init__(self, root: Path, max_bytes: int, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int, max_depth: int = MAX_DEPTH, state: Path | None = None
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.max_depth = max_depth
+        self.patcher = (
+            PatchApplier(root, max_bytes, max_depth, Journal(root, state))
+            if state is not None
+            else None
+        )
 
     def actions(self) -> list[Action]:
         return [
@@ -109,7 +119,25 @@ class FilesPack:
                 MoveInput,
                 "Rename a file or directory within the files root; never replaces unless asked.",
             ),
+            *self._patch_action(),
         ]
+
+    def _patch_action(self) -> list[Action]:
+        """``files.apply_patch`` needs the journal's directory: offered when there is one."""
+        if self.patcher is None:
+            return []
+        return [
+            Action(
+                "files.apply_patch",
+                self.apply_patch,
+                ApplyPatchInput,
+                "Apply a '*** Begin Patch' multi-file patch, all or nothing.",
+            )
+        ]
+
+    def apply_patch(self, payload: ApplyPatchInput, ctx: Context) -> Result:
+        assert self.patcher is not None
+        return self.patcher.apply(payload)
 
     def _too_large(self, path: str) -> ActionError:
         return failure("too_large", path, f"would be larger than {self.max_bytes} bytes")

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from openexec_files.patch import parse
 from openexec_files.paths import DirPath, RelPath
 
 Encoding = Literal["utf-8", "base64"]
@@ -88,3 +89,26 @@ class MoveInput(_Input):
     src: RelPath
     dst: RelPath
     overwrite: bool = False
+
+
+MAX_PATCH_CHARS = 4 << 20
+
+
+class ApplyPatchInput(_Input):
+    """A ``*** Begin Patch`` patch (see ``patch.py``), parsed here: a malformed one is a 422
+    naming its line. ``base_sha256`` pins files the patch updates or deletes."""
+
+    patch: Annotated[str, Field(max_length=MAX_PATCH_CHARS)]
+    base_sha256: dict[RelPath, Sha256] = Field(
+        default_factory=dict,
+        description="Apply only if these files (updated or deleted by the patch) have these "
+        "SHA-256s (hex).",
+    )
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> ApplyPatchInput:
+        touched = {op.path for op in parse(self.patch) if op.kind != "add"}
+        stray = sorted(set(self.base_sha256) - touched)
+        if stray:
+            raise ValueError(f"base_sha256 names {stray[0]!r}, which the patch does not update")
+        return self

@@ -56,7 +56,8 @@ class Files:
 
 
 def make_files(root: Path, max_bytes: int = MAX_BYTES) -> Files:
-    pack_settings = openexec_files.FilesSettings(root=root, max_bytes=max_bytes)
+    state = root.parent / f"{root.name}-state"
+    pack_settings = openexec_files.FilesSettings(root=root, max_bytes=max_bytes, state=state)
     openexec_files.startup(pack_settings)
     actions = openexec_files.register_actions(pack_settings)
     return Files(root, {action.name: action for action in actions}, max_bytes)
@@ -131,4 +132,4 @@ def outside(tmp_path: Path, files: Files) -> Outside:
     (path / "secret.txt").write_bytes(SECRET)
     (path / "dir" / "inner.txt").write_bytes(SECRET)
     (path / "x.txt").write_bytes(SECRET)
-    return Outside(tmp_path, path, snapshot(path), {"root", "outside"})
+    return Outside(tmp_path, path, snapshot(path), {"root", "root-state", "outside"})

@@ -32,12 +32,13 @@ def leftovers(directory: Path) -> list[str]:
 # registration
 
 
-def test_registration_creates_the_root_0700_and_offers_seven_actions(
+def test_registration_creates_the_root_0700_and_offers_eight_actions(
     tmp_path: Path, files_at: Callable[..., Files]
 ) -> None:
     files = files_at(tmp_path / "deep" / "root")
     assert stat.S_IMODE((tmp_path / "deep" / "root").stat().st_mode) == 0o700
     assert sorted(files.actions) == [
+        "files.apply_patch",
         "files.delete",
         "files.list",
         "files.mkdir",

@@ -9,6 +9,7 @@ from typing import Any
 import openexec_files
 
 ACTIONS = [
+    "files.apply_patch",
     "files.delete",
     "files.list",
     "files.mkdir",
@@ -97,3 +98,24 @@ def test_a_replayed_write_never_writes_twice(
     assert again.json()["replayed"] is True
     assert again.json()["result"] == first.json()["result"]
     assert (root / "log.txt").read_text() == "first\nout of band\n"
+
+
+def test_apply_patch_through_the_host_replays_without_writing(
+    openexec_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    client = openexec_client(openexec_files, settings={"OPENEXEC_FILES_ROOT": str(root)})
+    body = {
+        "action": "files.apply_patch",
+        "payload": {"patch": "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch\n"},
+        "nonce": "patch-once",
+    }
+    first = client.post("/execute", json=body).json()
+    assert first["status"] == "succeeded" and first["result"]["added"] == ["a.txt"]
+    (root / "a.txt").unlink()
+    replay = client.post("/execute", json=body).json()
+    assert replay["replayed"] and replay["result"] == first["result"]
+    assert not (root / "a.txt").exists()  # the stored answer; nothing was written again
+    malformed = {**body, "nonce": "bad", "payload": {"patch": "*** Begin Patch\nno\n"}}
+    answer = client.post("/execute", json=malformed)
+    assert answer.status_code == 422 and "line 2" in answer.text
