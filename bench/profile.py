@@ -21,9 +21,9 @@ V1 = Scenario("clawshield v1 echo")
 # Each sample is charged to the first category found walking its stack from the leaf up, so
 # e.g. json.dumps called by the engine counts as JSON, not as engine code.
 CATEGORIES = (
-    # Statements run on the driver's cursor from openexec/store.py: a leaf there is mostly
+    # Statements run on the driver's cursor from openexec/store/: a leaf there is mostly
     # the driver's C code (SQLite's execute, the writer's commit and fsync, waits for locks).
-    ("store: driver calls, commit, fsync", ("openexec/store.py",)),
+    ("store: driver calls, commit, fsync", ("openexec/store/",)),
     ("SQLAlchemy Python (compile, cache keys, params, rows, pool)", ("sqlalchemy/",)),
     ("Ed25519 sign/verify", ("_verifying_key (", "sign_envelope (", "open_envelope (")),
     ("RFC 8785 canonical JSON", ("rfc8785/",)),

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from sqlalchemy import event
 
-import openexec.store as store_module
+import openexec.store.sqlite_locks as store_locks
 from openexec.settings import ConfigError, Settings
 from openexec.store import (
     KEPT_READERS,
@@ -322,7 +322,7 @@ def test_an_outage_fails_a_whole_batch_at_once(store):
 def test_a_worker_holding_the_write_lock_too_long_makes_writes_unavailable(
     store, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(store_module, "LOCK_WAIT_S", 0.05)
+    monkeypatch.setattr(store_locks, "LOCK_WAIT_S", 0.05)
     descriptor = os.open(tmp_path / "store.db-writer-lock", os.O_RDWR)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)  # as a stuck worker would

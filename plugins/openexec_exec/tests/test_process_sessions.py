@@ -47,8 +47,7 @@ def test_a_poll_returns_early_on_output_and_on_exit(exec_host) -> None:
 
 def test_a_poll_never_splits_a_character_between_two_answers(exec_host) -> None:
     host = exec_host(FULL)
-    session = host.start({"argv": ["printf", "ééé"]})  # 6 bytes
-    host.poll_until(session, lambda _, answer: answer["state"] == "exited")
+    session = host.run({"argv": ["printf", "ééé"]})["session_id"]  # 6 bytes
     answer = host.process("poll", {"session_id": session, "max_bytes": 3})
     assert answer["stdout"] == "é" and answer["next_stdout_offset"] == 2 and answer["more"]
     raw = host.process("poll", {"session_id": session, "max_bytes": 3, "output_encoding": "base64"})
@@ -74,8 +73,8 @@ def test_a_poll_with_the_same_nonce_replays_and_does_not_read_again(exec_host) -
 
 def test_log_pages_by_lines(exec_host) -> None:
     host = exec_host(FULL)
-    session = host.start({"argv": ["sh", "-c", "for i in $(seq 1 500); do echo line $i; done"]})
-    host.poll_until(session, lambda _, answer: answer["state"] == "exited")
+    script = "for i in $(seq 1 500); do echo line $i; done"
+    session = host.run({"argv": ["sh", "-c", script]})["session_id"]
     last = host.process("log", {"session_id": session, "limit": 3})
     assert last["lines"] == ["line 498", "line 499", "line 500"]
     assert last["offset"] == 497 and last["total_lines"] == 500 and not last["truncated"]
