@@ -17,6 +17,7 @@ from pydantic import Field
 from openexec import Action, PackSettings, hookimpl
 from openexec.settings import Settings
 from openexec_exec import client, sandbox
+from openexec_exec.models import INSTANCE_NAME
 from openexec_exec.pack import CommandUser, ExecPack
 from openexec_exec.policy import Policy, load_policy
 from openexec_exec.sessions import Sessions
@@ -35,7 +36,7 @@ class ExecSettings(PackSettings):
     workspace: Path = Path("openexec-workspace")
     state: Path = Path("openexec-exec-state")
     policy: Path | None = None
-    instance: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9-]{0,62})?$")
+    instance: str = Field("", pattern=rf"^({INSTANCE_NAME})?$")
 
     @cached_property
     def loaded_policy(self) -> Policy:

@@ -80,7 +80,8 @@ class ShellPayload(CommandOptions):
 # The process actions (sessions). Bounds that depend on the policy (how many bytes of input
 # one request may send) are checked by the validator the pack adds (``process.ProcessActions``).
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}\.[0-9a-f]{32}$"
+INSTANCE_NAME = r"[A-Za-z0-9][A-Za-z0-9-]{0,62}"  # what a session id starts with
+SESSION_ID_PATTERN = rf"^{INSTANCE_NAME}\.[0-9a-f]{{32}}$"
 MAX_KEYS = 10_000
 MAX_WAIT_MS = 30_000
 MAX_GRACE_MS = 600_000

@@ -45,6 +45,13 @@ def stream_names(pty: bool) -> tuple[str, ...]:
     return ("output",) if pty else ("stdout", "stderr")
 
 
+def no_stream(session_id: str, name: str, names: tuple[str, ...]) -> ActionError:
+    return ActionError(
+        "stream_not_found",
+        f"session {session_id} has no {name} stream; it has {' and '.join(names)}",
+    )
+
+
 def complete_utf8(data: bytes) -> bytes:
     """``data`` without a UTF-8 sequence cut short at its end: the next poll starts there,
     so a character is never split between two answers."""
@@ -175,11 +182,7 @@ class ProcessActions:
         names = stream_names(answer["pty"])
         for name, offset in offsets.items():
             if offset and name not in names:
-                raise ActionError(
-                    "stream_not_found",
-                    f"session {payload.session_id} has no {name} stream; it has "
-                    f"{' and '.join(names)}",
-                )
+                raise no_stream(payload.session_id, name, names)
         result: dict[str, Any] = {"session_id": payload.session_id, **outcome(answer)}
         lost = more = False
         for name in names:
@@ -212,11 +215,7 @@ class ProcessActions:
         names = stream_names(state["pty"])
         stream = payload.stream or names[0]
         if stream not in names:
-            raise ActionError(
-                "stream_not_found",
-                f"session {payload.session_id} has no {stream} stream; it has "
-                f"{' and '.join(names)}",
-            )
+            raise no_stream(payload.session_id, stream, names)
         data = await asyncio.to_thread(_read_log, directory / f"{stream}.log")
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":

@@ -30,7 +30,6 @@ from typing import Any
 from openexec import ActionError
 from openexec_exec import client, supervisor
 
-INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 INSTANCE_FILE = "instance"
 RETRY_S = 0.02
 DEADLINE_MARGIN_S = 1.0
@@ -99,7 +98,8 @@ class Sessions:
         only after ``timeout_s``: its session is never taken for ended while it runs."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
-            answer = await self._ask_once(directory, request, timeout_s)
+            remaining = max(deadline - asyncio.get_running_loop().time(), RETRY_S)
+            answer = await self._ask_once(directory, request, remaining)
             if answer is not None and answer.get("code") in ("expired", "bad_request"):
                 raise ActionError(
                     "supervisor_lost",

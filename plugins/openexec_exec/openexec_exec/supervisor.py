@@ -273,14 +273,18 @@ def sweep(state_dir: str) -> bool:
                 continue
             expires = now + _recorded_ttl(entry.path)
             with contextlib.suppress(OSError):
-                marker = os.path.join(entry.path, EXPIRES_NAME)
-                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                os.utime(marker, (expires, expires))
+                mark_expiry(os.path.join(entry.path, EXPIRES_NAME), expires)
         if expires <= now:
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
             left = True
     return left
+
+
+def mark_expiry(marker: str, when: float) -> None:
+    """The ``expires`` file: made if missing, its mtime set to when the sweep may remove."""
+    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    os.utime(marker, (when, when))
 
 
 def _recorded_ttl(session_dir: str) -> float:
@@ -1014,9 +1018,7 @@ class Supervisor:
             # A worker that got the final state records it in the database; one that is gone
             # leaves this file as the only record, so then it is made durable.
             write_json_atomically(STATE_NAME, final, durable=self.launcher is None)
-            expires = time.time() + self.spec["session_ttl_s"]
-            os.close(os.open(EXPIRES_NAME, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            os.utime(EXPIRES_NAME, (expires, expires))
+            mark_expiry(EXPIRES_NAME, time.time() + self.spec["session_ttl_s"])
         if self.listener is not None:
             self.listener.close()
             with contextlib.suppress(FileNotFoundError):

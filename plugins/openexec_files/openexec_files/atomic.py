@@ -80,14 +80,23 @@ def _write_temp(dir_fd: int, data: bytes, perm: int, shown: str) -> str:
     for _ in range(16):
         tmp = TMP_PREFIX + secrets.token_hex(8)
         try:
-            fd = os.open(tmp, TMP_FLAGS, 0o600, dir_fd=dir_fd)
-            break
+            write_new(dir_fd, tmp, data, perm, shown)
         except FileExistsError:
             continue
-        except OSError as exc:
-            raise fs_error(exc, shown) from None
-    else:
-        raise failure("io_error", shown, "could not create a temporary file beside it")
+        return tmp
+    raise failure("io_error", shown, "could not create a temporary file beside it")
+
+
+def write_new(dir_fd: int, name: str, data: bytes, perm: int, shown: str) -> None:
+    """Create ``name`` in ``dir_fd`` (never an existing one, never through a link) holding
+    ``data`` with permissions ``perm``, fsynced; on failure it is removed again. An existing
+    ``name`` is a ``FileExistsError``, left to the caller; any other failure an ActionError."""
+    try:
+        fd = os.open(name, TMP_FLAGS, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise fs_error(exc, shown) from None
     try:
         os.fchmod(fd, perm)
         view = memoryview(data)
@@ -96,8 +105,7 @@ def _write_temp(dir_fd: int, data: bytes, perm: int, shown: str) -> str:
         os.fsync(fd)
     except OSError as exc:
         with suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
+            os.unlink(name, dir_fd=dir_fd)
         raise fs_error(exc, shown) from None
     finally:
         os.close(fd)
-    return tmp

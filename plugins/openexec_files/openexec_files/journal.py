@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from openexec_files.atomic import TMP_PREFIX, rename_noreplace
+from openexec_files.atomic import TMP_PREFIX, rename_noreplace, write_new
 from openexec_files.errors import fs_error
 from openexec_files.resolve import DIR_MODE, open_dir
 
@@ -156,8 +156,12 @@ class Journal:
                     os.mkdir(parts[-1], DIR_MODE, dir_fd=parent)
                 os.fsync(parent)
         for placement in plan.placements:
+            shown = "/".join([*placement.dir, placement.name])
             with open_dir(self.root, placement.dir) as dir_fd:
-                _write_new(dir_fd, placement, "/".join([*placement.dir, placement.name]))
+                try:
+                    write_new(dir_fd, placement.temporary, placement.content, placement.mode, shown)
+                except FileExistsError as exc:  # 64 random bits: in theory only
+                    raise fs_error(exc, shown) from None
 
     def _finish(self, steps: dict, *, recovering: bool) -> list[str]:
         """Put every placement in place, then remove every removed name; return the
@@ -221,22 +225,6 @@ class Journal:
         for parts in reversed(steps["made"]):
             with contextlib.suppress(OSError), open_dir(self.root, parts[:-1]) as parent:
                 os.rmdir(parts[-1], dir_fd=parent)  # only if still empty
-
-
-def _write_new(dir_fd: int, placement: Placement, shown: str) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(placement.temporary, flags, FILE_MODE, dir_fd=dir_fd)
-        try:
-            os.fchmod(fd, placement.mode)
-            view = memoryview(placement.content)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise fs_error(exc, shown) from None
 
 
 def _write_durably(path: Path, data: bytes) -> None:
