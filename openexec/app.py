@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from openexec import __version__
-from openexec.api import docs, middleware, problems, routes
+from openexec.api import docs, ledger, middleware, problems, routes
 from openexec.engine import Engine, rfc3339, utc_now
+from openexec.ledger.service import open_ledger
 from openexec.plugins import InProcessPlugin, PluginError, load_registry
 from openexec.receipts import load_receipt_signer
 from openexec.settings import Settings
@@ -37,6 +38,7 @@ def create_app(
         store.prepare()
         signer = load_receipt_signer(settings, signed_by=store.receipt_key_ids())
         store.record_receipt_key(signer.key_id, rfc3339(utc_now()))
+        witness_ledger = open_ledger(settings, store, lambda: rfc3339(utc_now()))
     except BaseException:
         store.dispose()
         raise
@@ -48,6 +50,11 @@ def create_app(
             "OPENEXEC_RECEIPT_KEY is unset: this instance signs receipts with its own key; "
             "other instances sharing the database verify them only if they share the key or "
             "list it in OPENEXEC_RECEIPT_PUBLIC_KEYS"
+        )
+    if settings.database_kind == "postgresql" and settings.ledger and not settings.ledger_key_path:
+        log.warning(
+            "OPENEXEC_LEDGER_KEY is unset: this instance signs the ledger with its own key; "
+            "instances sharing the database must share one ledger key, or only one integrates"
         )
 
     @asynccontextmanager
@@ -61,10 +68,14 @@ def create_app(
             engine.close()
             store.dispose()
             raise
+        if witness_ledger is not None:
+            witness_ledger.start()
         try:
             yield
         finally:
             registry.stop()
+            if witness_ledger is not None:
+                witness_ledger.stop()
             engine.close()
             store.dispose()
 
@@ -82,6 +93,9 @@ def create_app(
     routes.add_execute_route(app)  # first: routes are matched in order, /execute is hot
     app.include_router(routes.service)
     app.include_router(routes.receipts)
+    app.state.ledger = witness_ledger
+    if witness_ledger is not None:
+        app.include_router(ledger.ledger)
     docs.install_docs(app)
     problems.install_error_handlers(app)
     app.add_middleware(middleware.BodyLimit, max_bytes=settings.max_request_bytes)

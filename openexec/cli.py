@@ -7,9 +7,11 @@
     openexec receipts verify receipt.json --public-key receipt-key.pub [--result '{...}']
         [--require-approval]
     openexec db upgrade
+    openexec ledger audit|prove|export|witness|vkey ...   (openexec.ledger.commands)
 
 Exit status: 0 success; 1 the receipt is not valid, or no approval backed it and
-``--require-approval`` was given (``receipts verify`` only); 2 anything
+``--require-approval`` was given (``receipts verify``), or the log or receipt failed a
+check (``ledger audit``, ``prove``, ``witness``); 2 anything
 the caller must fix: bad arguments, unreadable or invalid input, a key file that already
 exists, invalid configuration or a plugin that fails to load.
 """
@@ -35,6 +37,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from openexec.approvals import mint_v1, mint_v2
+from openexec.ledger.commands import CommandError, add_ledger_commands
+from openexec.ledger.commands import read_text as _read_text
 from openexec.models import PluginSummary
 from openexec.plugins import PluginError, Registry, load_registry
 from openexec.receipts import NO_RESULT, verify_envelope
@@ -46,7 +50,7 @@ from openexec.strictjson import BadJson, parse_json
 NONCE = re.compile(r"^[\x21-\x7e]{1,255}$")  # as the API's nonces: printable ASCII, no spaces
 
 
-class CliError(Exception):
+class CliError(CommandError):
     """A problem the caller must fix; reported on stderr with exit status 2."""
 
 
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except CliError as exc:
+    except CommandError as exc:
         print(f"openexec: {exc}", file=sys.stderr)
         return 2
 
@@ -113,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="bring OPENEXEC_DB_URL's database to this version's schema"
     )
     upgrade.set_defaults(run=_upgrade_database)
+
+    add_ledger_commands(commands)
     return parser
 
 
@@ -227,16 +233,22 @@ def _upgrade_database(_: argparse.Namespace) -> int:
     """Upgrade the database the service would open under the current environment."""
     try:
         settings = Settings.from_env()
-        found, current = upgrade_schema(settings)
+        upgrade = upgrade_schema(settings)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     where = settings.safe_db_url
-    if found is None:
-        print(f"created schema version {current} in {where}")
-    elif found == current:
-        print(f"{where} is at schema version {current} already; nothing to do")
+    if upgrade.found is None:
+        print(f"created schema revision {upgrade.head} in {where}")
+    elif upgrade.found == upgrade.head:
+        print(f"{where} is at schema revision {upgrade.head} already; nothing to do")
     else:
-        print(f"upgraded {where} from schema version {found} to {current}")
+        print(f"upgraded {where} from schema revision {upgrade.found} to {upgrade.head}")
+    if count := upgrade.unledgered:  # the upgrade holds no ledger key: the integrator does
+        executions = "1 execution is" if count == 1 else f"{count} executions are"
+        print(
+            f"{executions} not in the witness ledger yet: the service appends them, "
+            "in start order, when it runs"
+        )
     return 0
 
 
@@ -290,17 +302,6 @@ def _read_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise CliError(f"{path} is not an Ed25519 private key")
     return key
-
-
-def _read_text(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
-    try:
-        return Path(name).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot read {name}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CliError(f"{name} is not UTF-8 text") from None
 
 
 def _parse_json(text: str, source: str) -> Any:

@@ -236,7 +236,7 @@ class Engine:
                     headers={"Retry-After": str(max(1, int(remaining + 0.999)))},
                 )
             existing = await self._expire(existing)
-        return with_replayed(existing["response"], True)
+        return with_replayed(existing["response"], True, existing["ledger_index"])
 
     async def _expire(self, execution: StoredExecution) -> StoredExecution:
         """The process that reserved this row died: say so with a receipt, never run it again."""
@@ -371,8 +371,8 @@ class Engine:
                 outcome.status,
             )
             current = await self._read(self.store.get, execution["id"])
-            return with_replayed(current["response"], False)
-        return with_replayed(fields["response"], False)
+            return with_replayed(current["response"], False, current["ledger_index"])
+        return with_replayed(fields["response"], False, None)
 
     async def _call_handler(
         self, registered: RegisteredAction, payload: Any, context: Context
@@ -439,7 +439,7 @@ class Engine:
         }
         envelope, receipt = self.signer.sign(predicate)
         envelope_json = COMPACT.encode(envelope)
-        head = {  # stored without "replayed", which each answer adds (with_replayed)
+        head = {  # stored without "replayed" and "ledger_index": each answer adds them
             "id": execution["id"],
             "action": execution["action"],
             "approved": True,
@@ -584,9 +584,12 @@ class Outcome:
         return {"status": self.status, "result": self.result, "error": self.error}
 
 
-def with_replayed(response_json: str, replayed: bool) -> str:
-    """A stored response (a JSON object without "replayed") with the replay flag added."""
-    return '{"replayed":' + ("true" if replayed else "false") + "," + response_json[1:]
+def with_replayed(response_json: str, replayed: bool, ledger_index: int | None) -> str:
+    """A stored response (a JSON object without "replayed" and "ledger_index") with the
+    replay flag and the execution's ledger index (null until integrated) added."""
+    index = "null" if ledger_index is None else str(ledger_index)
+    flag = "true" if replayed else "false"
+    return '{"replayed":' + flag + ',"ledger_index":' + index + "," + response_json[1:]
 
 
 def _log_late_outcome(context: Context) -> Any:

@@ -34,7 +34,8 @@ class ErrorInfo(BaseModel):
 
 
 class ExecuteResponse(BaseModel):
-    """The answer to an execution, new or replayed; stored and returned unchanged on replay."""
+    """The answer to an execution, new or replayed; stored and returned unchanged on replay,
+    but for ``replayed`` and ``ledger_index`` (null until the ledger integrates it)."""
 
     id: str
     action: str
@@ -44,6 +45,7 @@ class ExecuteResponse(BaseModel):
     status: Literal["succeeded", "failed", "timed_out", "indeterminate"]
     error: ErrorInfo | None
     replayed: bool
+    ledger_index: int | None
     nonce: str
     tenant_id: str | None
     request_sha256: str

@@ -6,23 +6,15 @@ anyone with the public key can check it without asking the service.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from openexec.keyfiles import create_key_file, read_private_key
+from openexec.keyfiles import private_key_pem as private_key_pem  # where callers found it
 from openexec.settings import ConfigError, Settings
 from openexec.signing import (
     EnvelopeError,
@@ -103,8 +95,8 @@ def load_receipt_signer(
                 "taken with the database (a new key would leave those receipts "
                 "unverifiable)",
             )
-        _create_key_file(path)
-    private_key = _read_private_key(path, "OPENEXEC_RECEIPT_KEY")
+        create_key_file(path)
+    private_key = read_private_key(path, "OPENEXEC_RECEIPT_KEY", "receipt key")
     signer = ReceiptSigner(private_key, settings.receipt_public_keys)
     unknown = sorted(signed_by - {key_id(k) for k in signer.trusted_keys})
     if unknown:
@@ -115,42 +107,6 @@ def load_receipt_signer(
             "restore that key, or list its public key if it was rotated out",
         )
     return signer
-
-
-def private_key_pem(private_key: Ed25519PrivateKey) -> bytes:
-    return private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new key with mode 0600; when several workers race, the first link wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".receipt-key-")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(private_key_pem(Ed25519PrivateKey.generate()))
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):  # another worker published one first
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
-
-
-def _read_private_key(path: Path, variable: str) -> Ed25519PrivateKey:
-    try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise ConfigError(
-            variable, f"cannot read receipt key {str(path)!r}: {exc.strerror}"
-        ) from None
-    except (ValueError, TypeError):
-        raise ConfigError(
-            variable, f"{str(path)!r} is not an unencrypted PEM private key"
-        ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(variable, f"{str(path)!r} is not an Ed25519 private key")
-    return key
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,22 @@ HOST_VARIABLES = frozenset(
         "OPENEXEC_MAX_REQUEST_BYTES",
         "OPENEXEC_LEASE_GRACE_S",
         "OPENEXEC_DB_POOL_SIZE",
+        "OPENEXEC_LEDGER",
+        "OPENEXEC_LEDGER_KEY",
+        "OPENEXEC_LEDGER_ORIGIN",
+        "OPENEXEC_LEDGER_INTERVAL_MS",
+        "OPENEXEC_LEDGER_WITNESSES",
     }
 )
 PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
 
 
 DEFAULT_KEY_NAME = "openexec-receipt-key.pem"
+DEFAULT_LEDGER_KEY_NAME = "openexec-ledger-key.pem"
+DEFAULT_LEDGER_ORIGIN = "openexec.localhost/ledger"
+# A checkpoint origin: a schemeless URL-like name, printable ASCII without spaces or "+"
+# (the origin is also the ledger key's name in C2SP signed notes).
+LEDGER_ORIGIN = re.compile(r"^[\x21-\x2a\x2c-\x7e]{1,255}$")
 
 
 class ConfigError(Exception):
@@ -66,6 +76,11 @@ class Settings:
     max_request_bytes: int = 1_048_576
     lease_grace_s: float = 10.0
     db_pool_size: int = 8
+    ledger: bool = True
+    ledger_key_path: Path | None = None
+    ledger_origin: str = DEFAULT_LEDGER_ORIGIN
+    ledger_interval_s: float = 0.5
+    ledger_witnesses: tuple[str, ...] = ()  # verifier keys (C2SP note format), checked at startup
     # Every OPENEXEC_ variable that is not the host's own, as the environment held it at
     # startup: what packs' settings are read from (openexec.pack_settings).
     pack_environment: Mapping[str, str] = field(default_factory=dict)
@@ -80,6 +95,12 @@ class Settings:
                 "Ed25519 public key (PEM)",
             )
         object.__setattr__(self, "db_url", normalise_db_url(self.db_url))
+        if not LEDGER_ORIGIN.match(self.ledger_origin) or "://" in self.ledger_origin:
+            raise ConfigError(
+                "OPENEXEC_LEDGER_ORIGIN",
+                "must be a schemeless URL-like name (such as example.com/ledger): printable "
+                f"ASCII without spaces or '+', got {self.ledger_origin!r}",
+            )
 
     @property
     def database_kind(self) -> str:
@@ -101,6 +122,14 @@ class Settings:
             return self.receipt_key_path
         sqlite_path = self.sqlite_path
         return (sqlite_path.parent if sqlite_path else Path.cwd()) / DEFAULT_KEY_NAME
+
+    @property
+    def ledger_key_file(self) -> Path:
+        """Where the ledger key is read from: ``OPENEXEC_LEDGER_KEY``, or the key made on first
+        start beside the receipt key's default place."""
+        if self.ledger_key_path is not None:
+            return self.ledger_key_path
+        return self.receipt_key_file.with_name(DEFAULT_LEDGER_KEY_NAME)
 
     @property
     def safe_db_url(self) -> str:
@@ -133,6 +162,17 @@ class Settings:
             max_request_bytes=_positive(env, "OPENEXEC_MAX_REQUEST_BYTES", 1_048_576, int),
             lease_grace_s=_positive(env, "OPENEXEC_LEASE_GRACE_S", 10.0, float),
             db_pool_size=_positive(env, "OPENEXEC_DB_POOL_SIZE", 8, int),
+            ledger=_switch(env, "OPENEXEC_LEDGER"),
+            ledger_key_path=Path(env["OPENEXEC_LEDGER_KEY"])
+            if env.get("OPENEXEC_LEDGER_KEY")
+            else None,
+            ledger_origin=env.get("OPENEXEC_LEDGER_ORIGIN") or DEFAULT_LEDGER_ORIGIN,
+            ledger_interval_s=_positive(env, "OPENEXEC_LEDGER_INTERVAL_MS", 500, int) / 1000,
+            ledger_witnesses=tuple(
+                re.split(r"[\s,]+", env.get("OPENEXEC_LEDGER_WITNESSES", "").strip())
+                if env.get("OPENEXEC_LEDGER_WITNESSES", "").strip()
+                else ()
+            ),
             pack_environment=MappingProxyType(
                 {
                     name: value
@@ -194,6 +234,14 @@ def _name_list(env: Mapping[str, str], variable: str) -> tuple[str, ...] | None:
     if variable not in env:
         return None
     return tuple(name.strip() for name in env[variable].split(",") if name.strip())
+
+
+def _switch(env: Mapping[str, str], variable: str) -> bool:
+    """``on`` (the default) or ``off``."""
+    raw = env.get(variable, "on").strip().lower() or "on"
+    if raw not in ("on", "off"):
+        raise ConfigError(variable, f"must be 'on' or 'off', got {raw!r}")
+    return raw == "on"
 
 
 def _positive(env, variable, default, kind, allow_zero=False):

@@ -162,7 +162,9 @@ def get_paths(client, exec_id: str) -> list[str]:
     """Every GET route: those the OpenAPI document lists, path parameters filled in, and the
     ones it leaves out (the document itself and the docs pages)."""
     documented = [
-        path.replace("{exec_id}", exec_id)
+        path.replace("{exec_id}", exec_id).replace(
+            "{path}", "000.p/1" if "receipts" in path else "0/000.p/1"
+        )
         for path, operations in client.get("/openapi.json").json()["paths"].items()
         if "get" in operations
     ]
@@ -171,6 +173,7 @@ def get_paths(client, exec_id: str) -> list[str]:
 
 def test_head_answers_every_get_route_like_get_without_a_body(http):
     exec_id = execute(http, "echo", {"x": 1}).json()["id"]
+    http.app.state.ledger.integrator.integrate()  # the ledger's routes then serve it
     paths = get_paths(http, exec_id)
     assert {"/", "/health", "/ready", "/version", "/actions", "/receipts/keys"} <= set(paths)
     assert f"/receipts/{exec_id}" in paths and "/openapi.json" in paths and "/docs" in paths

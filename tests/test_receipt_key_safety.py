@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from openexec.app import create_app
 from openexec.plugins import InProcessPlugin
 from openexec.receipts import private_key_pem
-from openexec.settings import DEFAULT_KEY_NAME, ConfigError, Settings
+from openexec.settings import DEFAULT_KEY_NAME, DEFAULT_LEDGER_KEY_NAME, ConfigError, Settings
+from tests.conftest import as_replay
 
 ECHO = InProcessPlugin(openexec_echo, "openexec-echo", "0.1.0")
 
@@ -95,7 +96,8 @@ def test_another_key_in_place_of_the_one_that_signed_stops_startup(tmp_path, bac
 
 def test_backup_and_restore_of_the_database_with_its_key(tmp_path):
     """What docs/operations.md says to do: back up the database (SQLite's online backup) and
-    the key file together, restore both elsewhere, and every receipt still verifies."""
+    the key files (receipt and ledger keys) together, restore them elsewhere, and every receipt
+    still verifies."""
     live, restored = tmp_path / "live", tmp_path / "restored"
     live.mkdir()
     restored.mkdir()
@@ -105,13 +107,14 @@ def test_backup_and_restore_of_the_database_with_its_key(tmp_path):
         sqlite3.connect(restored / "openexec.db") as target,
     ):
         source.backup(target)
-    shutil.copy2(live / DEFAULT_KEY_NAME, restored / DEFAULT_KEY_NAME)
+    for key in (DEFAULT_KEY_NAME, DEFAULT_LEDGER_KEY_NAME):
+        shutil.copy2(live / key, restored / key)
 
     settings = settings_in(restored)
     assert verdict(settings, first["receipt_envelope"])["valid"] is True
     with TestClient(create_app(settings, [ECHO])) as client:
         replay = client.post("/execute", json={"action": "echo", "payload": {}, "nonce": "n-1"})
-    assert replay.json() == {**first, "replayed": True}
+    assert as_replay(replay.json()) == {**first, "replayed": True}
 
     # The database restored without its key is refused, never given a new key.
     (restored / DEFAULT_KEY_NAME).unlink()

@@ -181,6 +181,10 @@ def add_execute_route(app: FastAPI) -> None:
 
 @receipts.get("/keys")
 def receipt_keys(request: Request) -> list[ReceiptKey]:
+    return trusted_receipt_keys(request)
+
+
+def trusted_receipt_keys(request: Request) -> list[ReceiptKey]:
     return [
         ReceiptKey(key_id=key_id(key), public_key_pem=public_key_pem(key))
         for key in engine_of(request).signer.trusted_keys

@@ -11,13 +11,13 @@ The parts, each in its own file, with data flowing down the list:
 * ``store``: ``Store``, the only code the engine talks to: its readers and its writes;
 * ``writer``: the group commit writer, which commits an event loop's writes in batches;
 * ``sqlite_locks``: SQLite's write lock across worker processes, and its checkpointer;
-* ``migrations``: the schema's version and ``openexec db upgrade``;
+* ``migrations``: the schema's revisions (Alembic, in ``alembic/``) and ``openexec db upgrade``;
 * ``tables``: the tables and the request path's statements;
 * ``connection``: the engine, compiled statements, and the driver's errors.
 """
 
 from openexec.store.connection import WAL_AUTOCHECKPOINT_PAGES, StoreUnavailable
-from openexec.store.migrations import SCHEMA_VERSION, upgrade_schema
+from openexec.store.migrations import SCHEMA_VERSION, Upgrade, upgrade_schema
 from openexec.store.store import KEPT_READERS, Store
 from openexec.store.tables import EXECUTIONS, OUTCOME_COLUMNS, StoredExecution
 
@@ -30,5 +30,6 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "StoredExecution",
+    "Upgrade",
     "upgrade_schema",
 ]

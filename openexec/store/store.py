@@ -10,16 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
-from sqlalchemy import (
-    insert,
-    select,
-)
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import SQLModel
+from sqlalchemy.exc import SQLAlchemyError
 
-from openexec.settings import ConfigError, Settings
+from openexec.settings import Settings
 from openexec.store.connection import (
     Compiled,
     DriverErrors,
@@ -27,13 +23,7 @@ from openexec.store.connection import (
     first_line,
     open_engine,
 )
-from openexec.store.migrations import (
-    SCHEMA_VERSION,
-    UPGRADE_COMMAND,
-    schema_transaction,
-    schema_version,
-    unknown_schema,
-)
+from openexec.store.migrations import prepare_schema
 from openexec.store.sqlite_locks import open_checkpointer, open_write_lock
 from openexec.store.tables import (
     EMPTY_ROW,
@@ -46,7 +36,6 @@ from openexec.store.tables import (
     OUTCOME_COLUMNS,
     RECEIPT_KEYS,
     ReceiptKeyRecord,
-    SchemaInfo,
     StoredExecution,
 )
 from openexec.store.writer import GroupCommitWriter
@@ -95,35 +84,8 @@ class Store:
         )
 
     def prepare(self) -> None:
-        """Create the schema on a new database; refuse one whose schema version differs."""
-        try:
-            for attempt in range(3):
-                try:
-                    self._prepare_once()
-                    return
-                except (IntegrityError, SQLAlchemyError):
-                    if attempt == 2:  # several workers creating the schema at once: retry
-                        raise
-        except SQLAlchemyError as exc:
-            raise ConfigError(
-                "OPENEXEC_DB_URL",
-                f"cannot open the database at {self._safe_url}: {first_line(exc)}",
-            ) from None
-
-    def _prepare_once(self) -> None:
-        with schema_transaction(self.engine) as connection:
-            version = schema_version(connection)
-            if version is None:
-                SQLModel.metadata.create_all(connection)
-                connection.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
-            elif version == 1:
-                raise ConfigError(
-                    "OPENEXEC_DB_URL",
-                    f"the database schema is version {version}, this OpenExec uses version "
-                    f"{SCHEMA_VERSION}: run `{UPGRADE_COMMAND}` (with the same settings) first",
-                )
-            elif version != SCHEMA_VERSION:
-                raise unknown_schema(version)
+        """Create the schema on a new database; refuse one at another revision (migrations)."""
+        prepare_schema(self.engine, self._safe_url)
 
     def ping(self) -> None:
         """Whether the database answers a new connection (readiness)."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
+    Index,
+    LargeBinary,
     String,
     UniqueConstraint,
     and_,
@@ -66,6 +69,8 @@ class Execution(SQLModel, table=True):
     receipt: str | None = Field(default=None, max_length=64)
     receipt_envelope: str | None = None
     response: str | None = None
+    # The execution's index in the witness ledger, set once by the integrator (openexec.ledger)
+    ledger_index: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class ReceiptKeyRecord(SQLModel, table=True):
@@ -79,15 +84,70 @@ class ReceiptKeyRecord(SQLModel, table=True):
     first_used_at: str = Field(max_length=40)
 
 
-class SchemaInfo(SQLModel, table=True):
-    """The schema version this database was created with."""
+class LedgerState(SQLModel, table=True):
+    """The ledger's one row: how many entries are sequenced (and tiled), and the origin and
+    verifier key its checkpoints are signed with, which never change while it has entries."""
 
-    __tablename__ = "openexec_schema"
+    __tablename__ = "ledger_state"
 
-    version: int = Field(primary_key=True)
+    id: int = Field(primary_key=True)  # always 1
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    origin: str = Field(max_length=255)
+    vkey: str = Field(max_length=512)
+
+
+class LedgerTile(SQLModel, table=True):
+    """A tile or entry bundle, by its tlog-tiles path (``tile/0/x001/234``, ``tile/entries/5.p/7``).
+    A path's bytes never change once written; a partial tile is deleted when its full tile is
+    written, as clients fall back to the full one."""
+
+    __tablename__ = "ledger_tiles"
+
+    path: str = Field(primary_key=True, max_length=96)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class LedgerCheckpoint(SQLModel, table=True):
+    """A signed checkpoint (C2SP signed note) for one tree size."""
+
+    __tablename__ = "ledger_checkpoints"
+
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    note: str
+    signed_at: str = Field(max_length=40)
+
+
+class LedgerCosignature(SQLModel, table=True):
+    """A witness's cosignature (its note signature line) on the checkpoint of one size."""
+
+    __tablename__ = "ledger_cosignatures"
+
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    witness: str = Field(primary_key=True, max_length=255)  # the witness key's name
+    line: str
+    timestamp: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 EXECUTIONS = Execution.__table__
+
+# The integrator's queue: final executions not yet in the ledger, oldest start first. Partial
+# indexes, so that a running row, and an integrated one, costs no index entry here.
+LEDGER_PENDING = Index(
+    "ix_executions_ledger_pending",
+    EXECUTIONS.c.started_at,
+    EXECUTIONS.c.id,
+    sqlite_where=(EXECUTIONS.c.ledger_index.is_(None)) & (EXECUTIONS.c.status != "running"),
+    postgresql_where=(EXECUTIONS.c.ledger_index.is_(None)) & (EXECUTIONS.c.status != "running"),
+)
+
+# The database decides an index belongs to one execution, as it decides a nonce does.
+LEDGER_INDEX_UNIQUE = Index(
+    "uq_executions_ledger_index",
+    EXECUTIONS.c.ledger_index,
+    unique=True,
+    sqlite_where=EXECUTIONS.c.ledger_index.is_not(None),
+    postgresql_where=EXECUTIONS.c.ledger_index.is_not(None),
+)
 
 
 RECEIPT_KEYS = ReceiptKeyRecord.__table__
