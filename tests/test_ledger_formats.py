@@ -1,7 +1,7 @@
 """The ledger's format library against its standards: every RFC 6962/9162 proof vector of
 transparency-dev/merkle, proofs from tiles against a naive RFC 6962 recursion, tile building
 three ways, and every example of the C2SP signed-note, tlog-checkpoint, tlog-cosignature,
-tlog-tiles and tlog-proof documents (copies in ../shared/ref/)."""
+tlog-tiles and tlog-proof documents (copies in tests/fixtures/tlog/)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ from openexec.ledger.tiles import (
     tile_path,
 )
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "ref"
+REF = Path(__file__).resolve().parent / "fixtures" / "tlog"
 VECTORS = REF / "merkle-testdata"
 C2SP = REF / "c2sp"
 

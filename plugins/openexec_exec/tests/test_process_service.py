@@ -60,7 +60,8 @@ def test_a_restart_of_the_service_loses_no_session(service) -> None:
     server = service(workers=2)
     talk = call(server.url, "exec.run", {"argv": ["cat"], "background": True})["session_id"]
     call(server.url, "process.write", {"session_id": talk, "data": "before\n"})
-    bounded = {"argv": ["sleep", "100"], "background": True, "timeout_s": 3}
+    # long enough to outlast the restart on a loaded machine, short enough to see it end
+    bounded = {"argv": ["sleep", "100"], "background": True, "timeout_s": 10}
     timed = call(server.url, "exec.run", bounded)["session_id"]
     server.stop()
 
