@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -77,14 +77,6 @@ class LedgerStore:
         with self.engine.connect() as connection:
             row = connection.execute(select(STATE).where(STATE.c.id == 1)).first()
         return None if row is None else LedgerHead(row.size, row.origin, row.vkey)
-
-    def count_final_unlogged(self) -> int:
-        """How many final executions wait for the ledger (for ``db upgrade`` and the audit
-        of a quiet log)."""
-        with self.engine.connect() as connection:
-            return connection.execute(
-                select(func.count()).select_from(EXECUTIONS).where(*_PENDING)
-            ).scalar_one()
 
     def open_ledger(self, origin: str, vkey: str) -> LedgerHead:
         """The state row, created for an empty ledger on first start. Its origin and key
