@@ -1,26 +1,7 @@
-"""Entry point for ``uvicorn main:app``: the service configured from the environment."""
+"""Entry point for ``uvicorn main:app`` from the repository root: the service configured from
+the environment. The app is built in ``openexec.asgi``, which ``openexec serve`` imports from
+any directory; this module only re-exports it."""
 
-import gc
-import sys
+from openexec.asgi import app
 
-from uvicorn.config import STARTUP_FAILURE
-
-from openexec.app import create_app
-from openexec.plugins import PluginError
-from openexec.serving import nodelay_on_inherited_listeners
-from openexec.settings import ConfigError
-
-try:
-    app = create_app()
-except (ConfigError, PluginError) as exc:
-    print(f"openexec: startup failed: {exc}", file=sys.stderr)
-    # uvicorn's worker supervisor stops, rather than respawning, on this exit code
-    raise SystemExit(STARTUP_FAILURE) from None
-
-# Everything loaded so far (the frameworks, the plugins, the registry) lives as long as the
-# process: take it out of the garbage collector's view, so a full collection scans only what
-# requests allocate. Measured in bench/: it shortens the pauses that set the p99 latency.
-gc.collect()
-gc.freeze()
-
-nodelay_on_inherited_listeners()
+__all__ = ["app"]

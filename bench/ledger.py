@@ -5,9 +5,11 @@
    ``python -m uvicorn main:app`` servers (clawshield mode, v1 approvals, ``echo``, SQLite, one
    worker), driven by wrk in turn, one round each, so every ledger-on round has a ledger-off
    round just before it; the ratios are medians over those pairs.
-2. Inclusion lag under that load: while wrk drives the ledger-on server, a probe sends one
-   execution at a time of its own and polls ``/ledger/proof/{id}`` every 10 ms until it is
-   served; the lag is from the answer to the proof.
+2. Inclusion lag under that load: in rounds of their own (``--lag-rounds``), while wrk drives
+   the ledger-on server, a probe sends one execution at a time of its own and polls
+   ``/ledger/proof/{id}`` every 10 ms until it is served; the lag is from the answer to the
+   proof. The polls are requests the ledger-off server would not get, so these rounds give no
+   throughput figure.
 3. ``openexec ledger audit`` of a log of ``--audit-entries`` entries (default 1,000,000),
    seeded directly as an export directory: real receipts signed by a receipt key, tiles and
    entry bundles from the ledger's own code, a checkpoint signed by a ledger key.
@@ -35,9 +37,9 @@ from statistics import median, quantiles
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.bodies import mint_bodies, write_bodies
+from bench.pairs import CONNECTIONS, THREADS, drive, service_env
 from bench.server import running
-from bench.wrk import WrkResult, run_wrk
+from bench.wrk import WrkResult
 from openexec.approvals import mint_v1
 from openexec.ledger.checkpoint import Checkpoint
 from openexec.ledger.entries import entry_of_envelope, receipt_bundle
@@ -47,22 +49,7 @@ from openexec.ledger.tiles import TILE_WIDTH, encode_bundle, entries_path, tile_
 from openexec.receipts import ReceiptSigner, private_key_pem, public_key_pem
 from openexec.signing import key_id
 
-CONNECTIONS = 32
-THREADS = 2
-BODIES_PER_SECOND = 2500
 REPO = Path(__file__).resolve().parents[1]
-
-
-def service_env(directory: Path, approver_pem: str, ledger: str) -> dict[str, str]:
-    (directory / "key.pem").write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
-    return {
-        "OPENEXEC_MODE": "clawshield",
-        "CLAWSHIELD_PUBLIC_KEY": approver_pem,
-        "OPENEXEC_PLUGINS": "openexec-echo",
-        "OPENEXEC_DB_URL": f"sqlite:///{directory / 'openexec.db'}",
-        "OPENEXEC_RECEIPT_KEY": str(directory / "key.pem"),
-        "OPENEXEC_LEDGER": ledger,
-    }
 
 
 class LagProbe(threading.Thread):
@@ -103,9 +90,7 @@ class LagProbe(threading.Thread):
 
 
 def throughput(args: argparse.Namespace, scratch: Path) -> None:
-    approver = Ed25519PrivateKey.generate()
-    approver_pem = public_key_pem(approver.public_key())
-    per_round = int(BODIES_PER_SECOND * args.round_s)
+    approver = args.approver
     results: dict[str, list[WrkResult]] = {"off": [], "on": []}
     lags: list[float] = []
     with ExitStack() as stack:
@@ -113,33 +98,27 @@ def throughput(args: argparse.Namespace, scratch: Path) -> None:
         for ledger in ("off", "on"):
             directory = scratch / f"ledger-{ledger}"
             directory.mkdir()
-            env = service_env(directory, approver_pem, ledger)
+            env = {**service_env(directory, approver), "OPENEXEC_LEDGER": ledger}
             servers[ledger] = stack.enter_context(
                 running("main:app", env, 1, directory / "uvicorn.log")
             )
         for round_number in range(args.rounds + 1):  # round 0 warms up
             for ledger, server in servers.items():
-                bodies = scratch / f"ledger-{ledger}" / f"round-{round_number}.jsonl"
-                prefix = f"{ledger}-{round_number}"
-                write_bodies(bodies, mint_bodies("echo", "v1", per_round, approver, prefix))
-                probe = LagProbe(server.url, approver) if ledger == "on" else None
-                if probe is not None:
-                    probe.start()
-                result = run_wrk(
-                    server.url,
-                    bodies,
-                    duration_s=args.round_s,
-                    threads=THREADS,
-                    connections=CONNECTIONS,
-                    mode="once",
-                )
-                if probe is not None:
-                    probe.stop.set()
-                    probe.join()
-                    if round_number:
-                        lags.extend(probe.lags_ms)
+                tag = f"{ledger}-{round_number}"
+                directory = scratch / f"ledger-{ledger}"
+                result = drive(server.url, directory, tag, approver, args.round_s)
                 if round_number:
                     results[ledger].append(result)
+        # The probe's polls are requests too, which only the ledger-on server would answer:
+        # its rounds are its own, after the paired ones, and give no throughput figure.
+        for round_number in range(args.lag_rounds):
+            probe = LagProbe(servers["on"].url, approver)
+            probe.start()
+            tag = f"lag-{round_number}"
+            drive(servers["on"].url, scratch / "ledger-on", tag, approver, args.round_s)
+            probe.stop.set()
+            probe.join()
+            lags.extend(probe.lags_ms)
     off, on = results["off"], results["on"]
     print(
         f"/execute, clawshield v1 echo, SQLite, 1 worker, wrk -t{THREADS} -c{CONNECTIONS}, "
@@ -251,10 +230,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-s", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--lag-rounds", type=int, default=2, help="rounds with the lag probe")
     parser.add_argument("--audit-entries", type=int, default=1_000_000)
     parser.add_argument("--skip-load", action="store_true", help="only the audit")
     parser.add_argument("--skip-audit", action="store_true", help="only the load")
     args = parser.parse_args()
+    args.approver = Ed25519PrivateKey.generate()
     scratch = Path(tempfile.mkdtemp(prefix="openexec-bench-ledger-"))
     if not args.skip_load:
         throughput(args, scratch)

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +50,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(app: str, env: Mapping[str, str], workers: int, log: Path) -> Iterator[Server]:
-    """Run ``python -m uvicorn APP`` with the flags the benchmark promises; stop it on exit."""
+def running(
+    app: str, env: Mapping[str, str], workers: int, log: Path, flags: Sequence[str] = ()
+) -> Iterator[Server]:
+    """Run ``python -m uvicorn APP`` with the flags the benchmark promises (and ``flags``);
+    stop it on exit."""
     port = free_port()
     command = [
         sys.executable,
@@ -67,6 +70,7 @@ def running(app: str, env: Mapping[str, str], workers: int, log: Path) -> Iterat
         "--log-level",
         "warning",
         "--no-access-log",
+        *flags,
     ]
     with log.open("ab") as log_file:
         process = subprocess.Popen(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from openexec import __version__
 from openexec.api import docs, ledger, middleware, problems, routes
-from openexec.engine import Engine, rfc3339, utc_now
+from openexec.engine import Engine, ExecutionEvent, rfc3339, utc_now
 from openexec.ledger.service import open_ledger
+from openexec.logs import configure_logging, log_execution
+from openexec.metrics import ServiceMetrics, install_metrics_route
 from openexec.plugins import InProcessPlugin, PluginError, load_registry
 from openexec.receipts import load_receipt_signer
 from openexec.settings import Settings
@@ -32,8 +34,10 @@ def create_app(
     Raises ``ConfigError`` or ``PluginError`` with one clear message when startup must stop.
     """
     settings = settings or Settings.from_env()
+    configure_logging(settings.log_format)
     registry = load_registry(settings, plugins)
-    store = Store(settings)
+    metrics = ServiceMetrics(registry) if settings.metrics else None
+    store = Store(settings, observe_commits=metrics.observe_commit if metrics else None)
     try:
         store.prepare()
         signer = load_receipt_signer(settings, signed_by=store.receipt_key_ids())
@@ -43,6 +47,17 @@ def create_app(
         store.dispose()
         raise
     engine = Engine(settings, registry, store, signer)
+    observers: list[Callable[[ExecutionEvent], None]] = [log_execution]
+    if metrics is not None:
+        observers.append(metrics.observe)
+        if witness_ledger is not None:
+            metrics.read_ledger(store.engine)
+
+    def observe_execution(event: ExecutionEvent) -> None:
+        """Every /execute answer: its log event, and its metrics when they are on."""
+        for observe in observers:
+            observe(event)
+
     if settings.mode == "demo":
         log.warning("demo mode: actions run without approval; set OPENEXEC_MODE=clawshield")
     if settings.database_kind == "postgresql" and settings.receipt_key_path is None:
@@ -70,9 +85,13 @@ def create_app(
             raise
         if witness_ledger is not None:
             witness_ledger.start()
+        if metrics is not None:
+            metrics.worker_started()
         try:
             yield
         finally:
+            if metrics is not None:
+                metrics.worker_stopped()
             registry.stop()
             if witness_ledger is not None:
                 witness_ledger.stop()
@@ -90,14 +109,21 @@ def create_app(
         redoc_url=None,
     )
     app.state.engine = engine
+    app.state.observe_execution = observe_execution
     routes.add_execute_route(app)  # first: routes are matched in order, /execute is hot
     app.include_router(routes.service)
     app.include_router(routes.receipts)
     app.state.ledger = witness_ledger
     if witness_ledger is not None:
         app.include_router(ledger.ledger)
+    if metrics is not None:
+        install_metrics_route(app, metrics)
     docs.install_docs(app)
     problems.install_error_handlers(app)
-    app.add_middleware(middleware.BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        middleware.BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        observe=observe_execution,
+    )
     app.add_middleware(middleware.HeadAsGet)
     return app

@@ -1,5 +1,7 @@
-"""The ``openexec`` command: keys, approvals, what would load, and offline receipt checks.
+"""The ``openexec`` command: the server, keys, approvals, what would load, offline receipt
+checks, and the database's upgrade and backup.
 
+    openexec serve [--host H] [--port P] [--workers N] ...   (uvicorn, from any directory)
     openexec keygen --out approver.pem
     openexec approve --key approver.pem --action echo --payload '{"msg": "hi"}' --nonce n-1
     openexec actions [--json]
@@ -7,13 +9,16 @@
     openexec receipts verify receipt.json --public-key receipt-key.pub [--result '{...}']
         [--require-approval]
     openexec db upgrade
+    openexec db backup DEST_DIR
     openexec ledger audit|prove|export|witness|vkey ...   (openexec.ledger.commands)
 
-Exit status: 0 success; 1 the receipt is not valid, or no approval backed it and
-``--require-approval`` was given (``receipts verify``), or the log or receipt failed a
-check (``ledger audit``, ``prove``, ``witness``); 2 anything
-the caller must fix: bad arguments, unreadable or invalid input, a key file that already
-exists, invalid configuration or a plugin that fails to load.
+Exit status: 0 success (``serve`` with several workers: stopped by SIGTERM or SIGINT; with
+one, uvicorn ends by that signal instead); 1 the receipt is not valid, or no approval backed it
+and ``--require-approval`` was given (``receipts verify``), or the log or receipt failed a
+check (``ledger audit``, ``prove``, ``witness``); 2 anything the caller must fix: bad
+arguments, unreadable or invalid input, a key file that already exists, invalid configuration
+or a plugin that fails to load; 3 (uvicorn's startup-failure code) ``serve`` could not start:
+a bad setting, a plugin, the database, the socket.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -35,8 +41,11 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_private_key,
 )
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from openexec.approvals import mint_v1, mint_v2
+from openexec.backup import BackupError, backup_sqlite
 from openexec.ledger.commands import CommandError, add_ledger_commands
 from openexec.ledger.commands import read_text as _read_text
 from openexec.models import PluginSummary
@@ -47,6 +56,7 @@ from openexec.signing import key_id
 from openexec.store import upgrade_schema
 from openexec.strictjson import BadJson, parse_json
 
+SERVICE_APP = "openexec.asgi:app"
 NONCE = re.compile(r"^[\x21-\x7e]{1,255}$")  # as the API's nonces: printable ASCII, no spaces
 
 
@@ -68,6 +78,51 @@ def _parser() -> argparse.ArgumentParser:
         prog="openexec", description="Governed, deterministic execution service tools."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the service under uvicorn, configured from the environment",
+        description="Run the service (OPENEXEC_* settings from the environment) under uvicorn. "
+        "Works from any directory; relative paths in the settings are relative to it.",
+        allow_abbrev=False,  # uvicorn's own flags, spelled out: --worker is not --workers
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes (default 1)"
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        default="info",
+        help="uvicorn's log level (default info)",
+    )
+    serve.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="no line per request",
+    )
+    serve.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take the client's address and scheme from X-Forwarded-For and -Proto, when the "
+        "peer is one of --forwarded-allow-ips (default: on)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated proxy addresses or networks to trust, '*' for any (default: "
+        "$FORWARDED_ALLOW_IPS, or 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="the path prefix a proxy serves the service under, e.g. /openexec",
+    )
+    serve.set_defaults(run=_serve)
 
     keygen = commands.add_parser("keygen", help="create an Ed25519 key pair")
     keygen.add_argument(
@@ -117,6 +172,16 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="bring OPENEXEC_DB_URL's database to this version's schema"
     )
     upgrade.set_defaults(run=_upgrade_database)
+    backup = database_commands.add_parser(
+        "backup",
+        help="copy OPENEXEC_DB_URL's SQLite store, live, with its receipt and ledger keys",
+    )
+    backup.add_argument(
+        "destination",
+        metavar="DEST_DIR",
+        help="where to write the copies (created 0700); a file there is never replaced",
+    )
+    backup.set_defaults(run=_backup_database)
 
     add_ledger_commands(commands)
     return parser
@@ -250,6 +315,66 @@ def _upgrade_database(_: argparse.Namespace) -> int:
             "in start order, when it runs"
         )
     return 0
+
+
+def _backup_database(args: argparse.Namespace) -> int:
+    """Back up the store the service would open under the current environment, live."""
+    try:
+        taken = backup_sqlite(Settings.from_env(), Path(args.destination))
+    except (ConfigError, BackupError) as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot back up to {args.destination}: {exc}") from None
+    for source, copy in taken.copies:
+        print(f"copied {source.absolute()} to {copy.absolute()}")
+    print(
+        f"the copy holds {taken.executions} executions and {taken.ledger_size} ledger "
+        "entries; restore all of these files together (docs/operations.md)"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run ``openexec.asgi:app`` under uvicorn: an import path inside the installed package,
+    so it works from any directory, unlike ``main:app``.
+
+    One worker runs in this process, as ``uvicorn.run`` does, and a startup failure exits
+    with uvicorn's STARTUP_FAILURE code from there. With several, uvicorn's supervisor stops
+    when a worker fails to start but exits 0 all the same; this one exits STARTUP_FAILURE, so
+    a service manager sees the failure and does not restart it (deploy/openexec.service).
+    """
+    options = uvicorn_options(args)
+    if args.workers == 1:
+        uvicorn.run(SERVICE_APP, **options)
+        return 0
+    config = uvicorn.Config(SERVICE_APP, workers=args.workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    failed = any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0
+
+
+def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``openexec serve``'s options as uvicorn's ``Config`` arguments."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "proxy_headers": args.proxy_headers,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+        "root_path": args.root_path,
+    }
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
 
 
 def _load_registry() -> Registry:

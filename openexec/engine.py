@@ -31,6 +31,7 @@ from openexec.receipts import ReceiptSigner
 from openexec.settings import Settings
 from openexec.signing import (
     COMPACT,
+    canonical_json,
     canonical_json_async,
     request_sha256_of,
     sha256_hex,
@@ -63,6 +64,32 @@ class Problem(Exception):
         self.extra = extra or {}
 
 
+@dataclass(slots=True)
+class ExecutionEvent:
+    """What one ``POST /execute`` came to, filled in as the route and the engine learn it: the
+    execution log event and the metrics are both made of it (openexec.logs, openexec.metrics).
+    Identifiers and hashes only: never a payload, a result or an approval's signature."""
+
+    action: str | None = None  # as requested: a refused one may name no registered action
+    exec_id: str | None = None
+    status: str | None = None  # the execution's; None for a refusal
+    error_code: str | None = None  # a failed execution's code (an ActionError's own)
+    replayed: bool = False
+    settled: bool = False  # a replay that recorded its dead process's execution indeterminate
+    tenant_id: str | None = None
+    approval_id: str | None = None
+    code: str | None = None  # a refusal's problem code
+    http_status: int = 200
+    duration_s: float = 0.0
+
+    def answered(self, exec_id: str, status: str, error_code: str | None, replayed: bool) -> None:
+        self.exec_id, self.status, self.error_code = exec_id, status, error_code
+        self.replayed = replayed
+
+    def refused(self, code: str, http_status: int) -> None:
+        self.code, self.http_status = code, http_status
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -72,7 +99,7 @@ def execution_id(started: datetime) -> str:
 
     Ids sort by start, so a new row's id lands at the right edge of the id index. Random ids
     put every insert on its own page of a big store's index, and writing those pages back
-    (the checkpoints) lengthened /execute's tail as the store grew (bench/README.md). Still
+    (the checkpoints) lengthened /execute's tail as the store grew (docs/performance.md). Still
     unguessable; the start is in the receipt anyway. Python 3.14's ``uuid.uuid7`` is the same.
     """
     milliseconds = int(started.timestamp() * 1000) & ((1 << 48) - 1)
@@ -121,14 +148,16 @@ class Engine:
             return f"store unavailable: {exc}"
         return None
 
-    async def execute(self, request: ExecuteRequest) -> str:
-        """Run or replay a request; returns the response as JSON text."""
+    async def execute(self, request: ExecuteRequest, event: ExecutionEvent) -> str:
+        """Run or replay a request; returns the response as JSON text. ``event`` learns what
+        the answer was (or, when a Problem is raised, whose approval it was)."""
         registered = self._lookup(request.action)
         payload_jcs = await canonical_json_async(request.payload)  # a parsed body always has one
         approval = self._verify_approval(request, payload_jcs)
         tenant = approval.tenant_id if approval else None
         request_hash = request_sha256_of(request.action, payload_jcs)
         approval_id = approval.approval_id if approval else None
+        event.tenant_id, event.approval_id = tenant, approval_id
         approval_signed = approval.signed_sha256 if approval else None
         # A new request is reserved at once, and the row is looked up only when the database
         # refuses it (the nonce or the approval is taken) or a check fails (an expired approval,
@@ -150,7 +179,7 @@ class Engine:
             else:
                 self._taken.note(not reserved)
                 if reserved:
-                    return await asyncio.shield(self._run(execution, registered, payload))
+                    return await asyncio.shield(self._run(execution, registered, payload, event))
         for attempt in range(3):  # a refused reservation goes back to the lookup (step 3)
             existing, approval_used = await self._read(
                 self.store.lookup, tenant, request.nonce, approval_id, approval_signed
@@ -158,7 +187,7 @@ class Engine:
             if payload is None and attempt == 0:
                 self._taken.note(existing is not None or approval_used)
             if existing is not None:
-                return await self._answer_existing(existing, request_hash, approval)
+                return await self._answer_existing(existing, request_hash, approval, event)
             if unwritable:  # new, and the store just failed a write: no second wait for it
                 raise Problem(503, "storage_unavailable", STORE_DOWN)
             if approval is not None:
@@ -167,7 +196,7 @@ class Engine:
             execution = self._new_execution(request, registered, approval, request_hash)
             if await self._write(self.store.reserve(execution)):
                 # Once reserved, the outcome is recorded even if the client goes away.
-                return await asyncio.shield(self._run(execution, registered, payload))
+                return await asyncio.shield(self._run(execution, registered, payload, event))
         raise Problem(503, "storage_unavailable", "The store did not settle a reservation race.")
 
     # Steps 1–2: what is asked, and whether it is approved.
@@ -219,7 +248,11 @@ class Engine:
     # Step 3: a nonce seen before.
 
     async def _answer_existing(
-        self, existing: StoredExecution, request_hash: str, approval: Approval | None
+        self,
+        existing: StoredExecution,
+        request_hash: str,
+        approval: Approval | None,
+        event: ExecutionEvent,
     ) -> str:
         same_approval = approval is None or existing["approval_sha256"] == approval.sha256
         if existing["request_sha256"] != request_hash or not same_approval:
@@ -236,6 +269,8 @@ class Engine:
                     headers={"Retry-After": str(max(1, int(remaining + 0.999)))},
                 )
             existing = await self._expire(existing)
+            event.settled = True
+        event.answered(existing["id"], existing["status"], existing["error_code"], True)
         return with_replayed(existing["response"], True, existing["ledger_index"])
 
     async def _expire(self, execution: StoredExecution) -> StoredExecution:
@@ -342,7 +377,11 @@ class Engine:
     # Steps 7–8: run under the time limit, record, sign.
 
     async def _run(
-        self, execution: StoredExecution, registered: RegisteredAction, payload: Any
+        self,
+        execution: StoredExecution,
+        registered: RegisteredAction,
+        payload: Any,
+        event: ExecutionEvent,
     ) -> str:
         context = Context(
             exec_id=execution["id"],
@@ -357,6 +396,7 @@ class Engine:
         fields = self._outcome_fields(execution, outcome)
         recorded = await self._record(execution["id"], fields)
         if recorded is None:  # the outcome goes back unsigned: the row will say indeterminate
+            event.exec_id = execution["id"]
             raise Problem(
                 503,
                 "storage_unavailable",
@@ -371,7 +411,9 @@ class Engine:
                 outcome.status,
             )
             current = await self._read(self.store.get, execution["id"])
+            event.answered(current["id"], current["status"], current["error_code"], False)
             return with_replayed(current["response"], False, current["ledger_index"])
+        event.answered(execution["id"], outcome.status, fields["error_code"], False)
         return with_replayed(fields["response"], False, None)
 
     async def _call_handler(
@@ -477,7 +519,13 @@ class Engine:
                 log.warning("recording execution %s failed: %s", exec_id, exc)
                 if delay is not None:
                     await asyncio.sleep(delay)
-        log.error("execution %s: outcome not recorded: %s", exec_id, fields["response"])
+        # The 503 carries the outcome to the caller; the log keeps hashes, never the result.
+        log.error(
+            "execution %s: outcome not recorded: %s, receipt %s",
+            exec_id,
+            fields["status"],
+            fields["receipt"],
+        )
         return None
 
     async def _read(self, method: Any, *args: Any) -> Any:
@@ -599,8 +647,8 @@ def _log_late_outcome(context: Context) -> Any:
         error = future.exception()
         if error is not None:
             outcome = f"raised {error!r}"
-        else:
-            outcome = f"returned {json.dumps(future.result(), default=repr)[:4000]}"
+        else:  # a result is never logged, only its hash (as a receipt would carry it)
+            outcome = f"returned a result of SHA-256 {_late_result_sha256(future.result())}"
         log.warning(
             "execution %s (%s) was recorded timed_out; its handler finished later and %s",
             context.exec_id,
@@ -609,3 +657,11 @@ def _log_late_outcome(context: Context) -> Any:
         )
 
     return log_it
+
+
+def _late_result_sha256(value: Any) -> str:
+    """The SHA-256 of a late result's canonical JSON, or what made it unhashable."""
+    try:
+        return sha256_hex(canonical_json(value))
+    except (TypeError, ValueError) as exc:
+        return f"(none: {type(exc).__name__}, not canonical JSON)"

@@ -4,8 +4,9 @@ Every hook is called once per plugin, with that plugin's own settings, in this o
 
 1. ``register_settings`` (at load: ``openexec plugins`` and ``openexec actions`` run it too);
 2. ``register_actions`` (at load, after the pack's settings are read);
-3. ``startup`` (once per worker, when it starts serving, after the registry is frozen);
-4. ``shutdown`` (once per worker, when it stops).
+3. ``register_collectors`` (once per worker, when the service exports metrics);
+4. ``startup`` (once per worker, when it starts serving, after the registry is frozen);
+5. ``shutdown`` (once per worker, when it stops).
 
 Loading must change nothing outside the process: side effects (a directory to create, a file
 to open) belong in ``startup``. An implementation may take any subset of a hook's arguments.
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from openexec.actions import Action
     from openexec.pack_settings import PackSettings
     from openexec.settings import Settings
@@ -46,6 +49,18 @@ def register_actions(settings: Settings, pack_settings: PackSettings | None) -> 
     ``settings`` are the host's, ``pack_settings`` the pack's own (``register_settings``).
     Build the handlers here and close them over what they need; do nothing outside the
     process (``openexec actions`` calls this too).
+    """
+
+
+@hookspec
+def register_collectors(settings: Settings, pack_settings: PackSettings | None) -> list[Collector]:
+    """Return prometheus-client collectors (objects with a ``collect()`` that yields metric
+    families) for what the pack alone knows, such as the exec pack's sessions by state.
+
+    ``GET /metrics`` calls each ``collect()`` at every scrape, in the worker that serves it, so
+    read shared state there (files, the pack's own service), not one worker's memory. Name the
+    metrics ``openexec_<pack>_...`` and give labels bounded values only (never ids); called
+    only when ``OPENEXEC_METRICS`` is on, when the app is built.
     """
 
 

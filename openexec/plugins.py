@@ -43,7 +43,7 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class LifecycleHook:
-    """One plugin's ``startup`` or ``shutdown``, with the arguments it takes."""
+    """One plugin's implementation of a hook called after loading, with the arguments it takes."""
 
     plugin: str
     function: Callable[..., Any]
@@ -88,6 +88,7 @@ class Registry:
     allow_list: tuple[str, ...]
     startup_hooks: tuple[LifecycleHook, ...] = ()
     shutdown_hooks: tuple[LifecycleHook, ...] = ()
+    collector_hooks: tuple[LifecycleHook, ...] = ()
 
     def allowed_actions(self) -> list[RegisteredAction]:
         return [self.actions[name] for name in sorted(self.allowed)]
@@ -101,6 +102,27 @@ class Registry:
                 raise PluginError(
                     f"plugin {hook.plugin!r} failed in startup: {type(exc).__name__}: {exc}"
                 ) from exc
+
+    def collectors(self) -> list[Any]:
+        """Every plugin's ``register_collectors``, called now: the metrics the packs export."""
+        found = []
+        for hook in self.collector_hooks:
+            try:
+                provided = hook.function(**hook.arguments)
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {hook.plugin!r} failed in register_collectors: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(provided, list | tuple) or not all(
+                callable(getattr(collector, "collect", None)) for collector in provided
+            ):
+                raise PluginError(
+                    f"plugin {hook.plugin!r}: register_collectors must return a list of "
+                    "collectors (objects with a collect() method)"
+                )
+            found.extend(provided)
+        return found
 
     def stop(self) -> None:
         """Run every plugin's ``shutdown``, last started first; a failure is logged and the
@@ -184,6 +206,7 @@ def load_registry(
         allow_list=settings.allowed_actions or (),
         startup_hooks=_lifecycle(manager.hook.startup, arguments, owners),
         shutdown_hooks=_lifecycle(manager.hook.shutdown, arguments, owners),
+        collector_hooks=_lifecycle(manager.hook.register_collectors, arguments, owners),
     )
 
 
@@ -218,8 +241,8 @@ def _read_pack_settings(
 def _lifecycle(
     hook: Any, arguments: Mapping[str, Mapping[str, Any]], owners: dict[str, str]
 ) -> tuple[LifecycleHook, ...]:
-    """The implementations of ``startup`` or ``shutdown``, each with the arguments it names,
-    in load order."""
+    """The implementations of a hook called after loading (``startup``, ``shutdown``,
+    ``register_collectors``), each with the arguments it names, in load order."""
     return tuple(
         LifecycleHook(
             owners[impl.plugin_name],

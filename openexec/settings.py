@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 MODES = ("demo", "clawshield")
+LOG_FORMATS = ("text", "json")
 # The variables the host reads itself; every other OPENEXEC_ variable belongs to a pack.
 HOST_VARIABLES = frozenset(
     {
@@ -37,6 +38,9 @@ HOST_VARIABLES = frozenset(
         "OPENEXEC_LEDGER_ORIGIN",
         "OPENEXEC_LEDGER_INTERVAL_MS",
         "OPENEXEC_LEDGER_WITNESSES",
+        "OPENEXEC_LEDGER_INTEGRATOR",
+        "OPENEXEC_METRICS",
+        "OPENEXEC_LOG_FORMAT",
     }
 )
 PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
@@ -81,6 +85,9 @@ class Settings:
     ledger_origin: str = DEFAULT_LEDGER_ORIGIN
     ledger_interval_s: float = 0.5
     ledger_witnesses: tuple[str, ...] = ()  # verifier keys (C2SP note format), checked at startup
+    ledger_integrator: str = "process"  # or "thread" (openexec.ledger.process says why)
+    metrics: bool = True
+    log_format: str = "text"
     # Every OPENEXEC_ variable that is not the host's own, as the environment held it at
     # startup: what packs' settings are read from (openexec.pack_settings).
     pack_environment: Mapping[str, str] = field(default_factory=dict)
@@ -93,6 +100,15 @@ class Settings:
                 "CLAWSHIELD_PUBLIC_KEY",
                 "CLAWSHIELD_PUBLIC_KEY not configured: clawshield mode needs the approver's "
                 "Ed25519 public key (PEM)",
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                "OPENEXEC_LOG_FORMAT", f"must be 'text' or 'json', got {self.log_format!r}"
+            )
+        if self.ledger_integrator not in ("process", "thread"):
+            raise ConfigError(
+                "OPENEXEC_LEDGER_INTEGRATOR",
+                f"must be 'process' or 'thread', got {self.ledger_integrator!r}",
             )
         object.__setattr__(self, "db_url", normalise_db_url(self.db_url))
         if not LEDGER_ORIGIN.match(self.ledger_origin) or "://" in self.ledger_origin:
@@ -173,6 +189,10 @@ class Settings:
                 if env.get("OPENEXEC_LEDGER_WITNESSES", "").strip()
                 else ()
             ),
+            ledger_integrator=env.get("OPENEXEC_LEDGER_INTEGRATOR", "").strip().lower()
+            or "process",
+            metrics=_switch(env, "OPENEXEC_METRICS"),
+            log_format=env.get("OPENEXEC_LOG_FORMAT", "text").strip().lower() or "text",
             pack_environment=MappingProxyType(
                 {
                     name: value

@@ -57,6 +57,9 @@ def make_app(
     packs' (``OPENEXEC_FILES_ROOT``), read with the service's own rules; ``overrides`` are
     ``Settings`` fields by name (``mode="clawshield"``) and win over both. A name that is
     neither is a ``TypeError`` listing the accepted ones.
+
+    Unless told otherwise, the app integrates its ledger in a thread: a child process would
+    cost every test a Python start, and race with the tests that integrate by hand.
     """
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Settings)})
     if unknown:
@@ -74,6 +77,8 @@ def make_app(
         "OPENEXEC_RECEIPT_KEY": str(receipt_key),
         **(settings or {}),
     }
+    if "OPENEXEC_LEDGER_INTEGRATOR" not in environment:
+        overrides.setdefault("ledger_integrator", "thread")
     configured = dataclasses.replace(Settings.from_env(environment), **overrides)
     registered = [in_process(p) for p in plugins]
     accepted = HOST_VARIABLES | {

@@ -31,11 +31,14 @@ from tests.support.ledger import ClientSource
 
 @pytest.fixture
 def make_client(make_client):
-    """Apps whose integrator thread runs once at startup and then waits an hour: the tests
-    integrate by calling it."""
+    """Apps whose integrator thread ran its first round, on an empty store, and stopped: the
+    tests integrate by calling it (within an interval of an hour)."""
 
     def build(settings: dict[str, str] | None = None, **overrides) -> TestClient:
-        return make_client(settings, **{"ledger_interval_s": 3600.0, **overrides})
+        client = make_client(settings, **{"ledger_interval_s": 3600.0, **overrides})
+        if client.app.state.ledger is not None:
+            client.app.state.ledger.runner.stop()
+        return client
 
     return build
 

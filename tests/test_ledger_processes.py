@@ -116,8 +116,8 @@ def test_a_killed_integrator_loses_nothing_and_its_checkpoints_stay_consistent(t
     wait_until(lambda: checkpoint_size(server.url) == 300, timeout=60)
     assert audit_of(server.url, state).checkpoint.size == 300
     server.stop()
-    # A backlog of 5,000 more (two appends of 4,096 at most), integrated only at restart.
-    quiet = Uvicorn(SERVER, {**env, "OPENEXEC_LEDGER_INTERVAL_MS": "3600000"}, workers=2)
+    # A backlog of 5,000 more, served with the ledger off, integrated only at restart.
+    quiet = Uvicorn(SERVER, {**env, "OPENEXEC_LEDGER": "off"}, workers=2)
     drive([quiet.url], 5000, "backlog")
     quiet.stop()
     assert sum(index is None for _, index in rows_of(database)) == 5000
@@ -223,5 +223,44 @@ def test_the_witness_cosigns_only_checkpoints_that_extend_its_last(tmp_path, cap
         state.write_text(json.dumps({"checkpoint": "\n".join(lines) + "\n"}))
         assert main(command) == 1
         assert "split view" in capsys.readouterr().out
+    finally:
+        server.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def test_the_integrator_is_a_child_process_its_worker_replaces_and_takes_with_it(tmp_path):
+    database = tmp_path / "openexec.db"
+    lock_file = tmp_path / "openexec.db-ledger-lock"
+    env = {
+        "OPENEXEC_DB_URL": f"sqlite:///{database}",
+        "OPENEXEC_PROBE_DIR": str(tmp_path / "probe"),
+        "OPENEXEC_LEDGER_INTERVAL_MS": "50",
+        **keys(tmp_path),
+    }
+    server = Uvicorn(SERVER, env, workers=1)  # the uvicorn process is the worker
+    try:
+        drive([server.url], 20, "first")
+        wait_until(lambda: checkpoint_size(server.url) == 20, timeout=60)
+        first = integrator_pid(lock_file)
+        assert first is not None and first != server.process.pid
+        assert first in children_of(server.process.pid)
+        # its configuration, the database URL among it, came on its stdin
+        assert str(database) not in Path(f"/proc/{first}/cmdline").read_text()
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: integrator_pid(lock_file) not in (None, first), timeout=60)
+        second = integrator_pid(lock_file)
+        assert second in children_of(server.process.pid)
+        drive([server.url], 20, "second")
+        wait_until(lambda: checkpoint_size(server.url) == 40, timeout=60)
+        os.kill(server.process.pid, signal.SIGKILL)  # the worker alone, not its group
+        server.process.wait()
+        wait_until(lambda: not Path(f"/proc/{second}").exists(), timeout=30)
     finally:
         server.stop()

@@ -29,6 +29,8 @@ def test_no_variables_means_demo_on_sqlite():
     assert settings.allowed_actions is None and settings.plugins is None
     assert (settings.action_timeout_s, settings.clock_skew_s) == (30.0, 60.0)
     assert settings.max_request_bytes == 1_048_576
+    assert settings.ledger_integrator == "process"  # a server integrates in a child process
+    assert settings.metrics is True and settings.log_format == "text"
     assert settings.pack_environment == {}
 
 
@@ -54,8 +56,11 @@ def test_variables_are_parsed():
             "OPENEXEC_SERVICE_ID": "svc",
             "OPENEXEC_ACTION_TIMEOUT_S": "2.5",
             "OPENEXEC_MAX_REQUEST_BYTES": "2048",
+            "OPENEXEC_METRICS": "OFF",
+            "OPENEXEC_LOG_FORMAT": " JSON ",
         }
     )
+    assert settings.metrics is False and settings.log_format == "json"
     assert len(settings.clawshield_public_keys) == 2 and settings.tenant_id == "acme"
     assert settings.allowed_actions == ("echo", "files.*") and settings.plugins == (
         "openexec-echo",
@@ -102,6 +107,9 @@ def test_settings_are_immutable():
         ({"OPENEXEC_DB_URL": "::nonsense::"}, "OPENEXEC_DB_URL", "not a valid database URL"),
         ({"OPENEXEC_DB_URL": "sqlite://"}, "OPENEXEC_DB_URL", "in-memory SQLite"),
         ({"OPENEXEC_DB_URL": "sqlite:///:memory:"}, "OPENEXEC_DB_URL", "in-memory SQLite"),
+        ({"OPENEXEC_METRICS": "yes"}, "OPENEXEC_METRICS", "'on' or 'off'"),
+        ({"OPENEXEC_LOG_FORMAT": "logfmt"}, "OPENEXEC_LOG_FORMAT", "'text' or 'json'"),
+        ({"OPENEXEC_LEDGER_INTEGRATOR": "fork"}, "OPENEXEC_LEDGER_INTEGRATOR", "'process' or"),
     ],
 )
 def test_invalid_configuration_names_the_variable(env, variable, fragment):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openexec.api.problems import problem_response
+from openexec.engine import ExecutionEvent
 
 
 class HeadAsGet:
@@ -29,19 +33,28 @@ class HeadAsGet:
 
 
 class BodyLimit:
-    """Refuse request bodies over the limit with 413, whether declared or streamed."""
+    """Refuse request bodies over the limit with 413, whether declared or streamed. A refused
+    ``POST /execute`` is told to ``observe`` like the route's own refusals (its log event and
+    metrics), since the route never answers it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        observe: Callable[[ExecutionEvent], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, started)
             return
         received = 0
 
@@ -56,9 +69,14 @@ class BodyLimit:
         try:
             await self.app(scope, counting_receive, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, started)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        if self.observe is not None and scope["path"] == "/execute":
+            duration = time.perf_counter() - started
+            self.observe(
+                ExecutionEvent(code="request_too_large", http_status=413, duration_s=duration)
+            )
         response = problem_response(
             413, "request_too_large", f"The request body exceeds {self.max_bytes} bytes."
         )

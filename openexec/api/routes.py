@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -13,10 +14,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from openexec import __version__
 from openexec.api.problems import quote
-from openexec.engine import Engine, Problem, validation_errors
+from openexec.engine import Engine, ExecutionEvent, Problem, validation_errors
 from openexec.models import (
     ActionSummary,
     ExecuteRequest,
@@ -152,8 +154,28 @@ def actions(request: Request) -> list[ActionSummary]:
 
 
 async def execute(request: Request) -> Response:
-    body = await read_model(request, ExecuteRequest)
-    return Response(await engine_of(request).execute(body), media_type="application/json")
+    started = time.perf_counter()
+    event = ExecutionEvent()
+    try:
+        body = await read_model(request, ExecuteRequest)
+        event.action = body.action
+        answer = await engine_of(request).execute(body, event)
+    except Problem as refusal:
+        event.refused(refusal.code, refusal.status)
+        observe_execution(request, event, started)
+        raise
+    except ClientDisconnect:  # answered by problems.py; a refusal nobody reads, not an error
+        event.refused("client_disconnected", 400)
+        observe_execution(request, event, started)
+        raise
+    observe_execution(request, event, started)
+    return Response(answer, media_type="application/json")
+
+
+def observe_execution(request: Request, event: ExecutionEvent, started: float) -> None:
+    """Hand the answer's event to its log line and metrics (``create_app``)."""
+    event.duration_s = time.perf_counter() - started
+    request.app.state.observe_execution(event)
 
 
 class DirectRoute(APIRoute):
@@ -167,7 +189,7 @@ class DirectRoute(APIRoute):
 def add_execute_route(app: FastAPI) -> None:
     """``POST /execute``, the hot path: on the app itself, first, as a ``DirectRoute``. Each
     router FastAPI walks through and its dependency solving cost this route about 50 µs a
-    request, as much as the engine's own bookkeeping (bench/README.md)."""
+    request, as much as the engine's own bookkeeping (docs/performance.md)."""
     app.router.add_api_route(
         "/execute",
         execute,

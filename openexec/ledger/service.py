@@ -17,11 +17,13 @@ from openexec.ledger.integrator import Integrator, IntegratorLock, StoredTiles
 from openexec.ledger.keys import load_ledger_signer, witness_verifiers
 from openexec.ledger.merkle import inclusion_proof
 from openexec.ledger.note import NoteError, NoteSigner, NoteVerifier, split_note, verify_cosignature
+from openexec.ledger.process import IntegratorProcess
 from openexec.ledger.proof import TlogProof, format_proof
 from openexec.ledger.tiles import TILE_WIDTH
 from openexec.settings import Settings
 from openexec.store import Store
 from openexec.store.ledger import LedgerStore
+from openexec.store.sqlite_locks import thread_write_lock
 
 # How far behind the current checkpoint a cosigned one may be (in entries) and still be kept.
 RECENT_ENTRIES = 1_000_000
@@ -54,21 +56,25 @@ class Ledger:
         signer: NoteSigner,
         witnesses: tuple[NoteVerifier, ...],
         integrator: Integrator,
+        runner: Integrator | IntegratorProcess,
     ) -> None:
+        """``integrator`` appends in this process when called; ``runner`` is what runs it
+        from startup to shutdown: that integrator's thread, or a child process."""
         self.store = store
         self.signer = signer
         self.witnesses = witnesses
         self.integrator = integrator
+        self.runner = runner
 
     @property
     def vkey(self) -> str:
         return self.signer.vkey()
 
     def start(self) -> None:
-        self.integrator.start()
+        self.runner.start()
 
     def stop(self) -> None:
-        self.integrator.stop()
+        self.runner.stop()
 
     def checkpoint(self) -> str:
         """The latest signed checkpoint with the cosignatures it has."""
@@ -150,7 +156,7 @@ def open_ledger(settings: Settings, store: Store, now: Callable[[], str]) -> Led
     An empty ledger gets its state row and a checkpoint of size 0."""
     if not settings.ledger:
         return None
-    ledger_store = LedgerStore(store.engine)
+    ledger_store = LedgerStore(store.engine, thread_write_lock(settings))
     signer = load_ledger_signer(settings, ledger_store.head())
     witnesses = witness_verifiers(settings)
     head = ledger_store.open_ledger(settings.ledger_origin, signer.vkey())
@@ -158,4 +164,5 @@ def open_ledger(settings: Settings, store: Store, now: Callable[[], str]) -> Led
     integrator = Integrator(ledger_store, signer, settings.ledger_interval_s, lock, now)
     if head.size == 0 and ledger_store.latest_checkpoint() is None:
         integrator.sign(0)
-    return Ledger(ledger_store, signer, witnesses, integrator)
+    runner = IntegratorProcess(settings) if settings.ledger_integrator == "process" else integrator
+    return Ledger(ledger_store, signer, witnesses, integrator, runner)

@@ -10,6 +10,7 @@ the request path.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from openexec.store.sqlite_locks import ThreadWriteLock
 from openexec.store.tables import (
     EXECUTIONS,
     LedgerCheckpoint,
@@ -68,8 +70,9 @@ class LoggedReceipt:
 class LedgerStore:
     """The ledger's reads and writes, on the service's database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, write_lock: ThreadWriteLock | None = None) -> None:
         self.engine = engine
+        self._write_lock = write_lock
         self.kind = engine.dialect.name
         self._insert = postgresql_insert if self.kind == "postgresql" else sqlite_insert
 
@@ -227,8 +230,10 @@ class LedgerStore:
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         """A write transaction; SQLite's write lock is taken up front, so that a read inside
-        it can never need an upgrade another writer holds."""
-        with self.engine.begin() as connection:
+        it can never need an upgrade another writer holds, after the workers' write lock
+        when the service runs (``write_lock``)."""
+        turn = self._write_lock.held() if self._write_lock else contextlib.nullcontext()
+        with turn, self.engine.begin() as connection:
             if self.kind == "sqlite":
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             else:

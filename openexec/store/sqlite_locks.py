@@ -7,6 +7,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ class Checkpointer:
     with theirs. In a big store with random keys each commit's index pages are its own, so a
     checkpoint's size, and the wait of a commit beside it, grow with the interval: 20 a second
     kept the tail of a million-row store near an empty one's where 5 a second did not
-    (bench/README.md).
+    (docs/performance.md).
 
     One worker checkpoints: the first whose writer commits takes an exclusive ``flock`` on
     ``<db>-checkpoint-lock`` and keeps it; the others try again after each of their commits,
@@ -170,6 +172,41 @@ class ProcessWriteLock:
         return False
 
 
+class ThreadWriteLock:
+    """The workers' write lock for a writer that is not an event loop's: the ledger's
+    integrator, whose appends run in its own thread. Without it such a transaction took
+    SQLite's write lock behind the workers' backs, their next batch found it taken and fell
+    to a connection whose busy handler sleeps up to 100 ms at a time: the p99 of ``/execute``
+    doubled (bench/ledger.py).
+
+    It waits in its thread, marked as waiting with a shared ``flock`` on the second file, so
+    that a worker's writer lets the lock go after ``ProcessWriteLock.HOLD_S`` and does not take
+    it back before this one had its turn; it holds the lock for one transaction only."""
+
+    def __init__(self, path: Path, waiting_path: Path) -> None:
+        self._path, self._waiting_path = path, waiting_path
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock for the block; raises StoreUnavailable after ``LOCK_WAIT_S``."""
+        descriptor = _open_private(self._path)
+        waiting = _open_private(self._waiting_path)
+        try:
+            fcntl.flock(waiting, fcntl.LOCK_SH)
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while not _flock(descriptor, fcntl.LOCK_EX):
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(
+                        f"another worker held the write lock for {LOCK_WAIT_S:g} s"
+                    )
+                time.sleep(ProcessWriteLock.POLL_S)
+            fcntl.flock(waiting, fcntl.LOCK_UN)
+            yield
+        finally:  # closing the files releases both locks
+            os.close(descriptor)
+            os.close(waiting)
+
+
 def _flock(descriptor: int, operation: int) -> bool:
     """Take a ``flock`` without waiting; False if another process holds a conflicting one."""
     try:
@@ -194,6 +231,16 @@ def open_write_lock(settings: Settings) -> ProcessWriteLock | None:
         return ProcessWriteLock(lock_path, path.with_name(path.name + "-writer-wait"))
     except OSError as exc:
         raise _unusable_lock_file(exc) from None
+
+
+def thread_write_lock(settings: Settings) -> ThreadWriteLock | None:
+    """The workers' write lock for a thread's transactions (SQLite files only)."""
+    path = settings.sqlite_path
+    if path is None:
+        return None
+    return ThreadWriteLock(
+        path.with_name(path.name + "-writer-lock"), path.with_name(path.name + "-writer-wait")
+    )
 
 
 def open_checkpointer(settings: Settings, checkout: Any) -> Checkpointer | None:

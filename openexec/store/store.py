@@ -38,7 +38,7 @@ from openexec.store.tables import (
     ReceiptKeyRecord,
     StoredExecution,
 )
-from openexec.store.writer import GroupCommitWriter
+from openexec.store.writer import BatchObserver, GroupCommitWriter
 
 T = TypeVar("T")
 
@@ -54,7 +54,8 @@ class Store:
     executions, and the process's threads never contend for the database's write lock.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observe_commits: BatchObserver | None = None) -> None:
+        """``observe_commits`` is told of each group commit (openexec.metrics)."""
         self.kind = settings.database_kind
         self.engine = open_engine(settings)
         self._safe_url = settings.safe_db_url
@@ -81,6 +82,7 @@ class Store:
             connect=self._connect if self.kind == "sqlite" else None,
             lock=open_write_lock(settings),
             after_commit=self._checkpointer.poke if self._checkpointer else None,
+            observe=observe_commits,
         )
 
     def prepare(self) -> None:

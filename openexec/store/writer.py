@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,6 +17,9 @@ from openexec.store.sqlite_locks import ProcessWriteLock
 log = logging.getLogger("openexec.store")
 
 Write = tuple[Compiled, dict[str, Any], asyncio.Future[int]]
+# Told of every batch that went to the database: how many writes, and the seconds from its
+# start on the event loop to its outcome (openexec.metrics).
+BatchObserver = Callable[[int, float], None]
 
 
 class GroupCommitWriter:
@@ -45,11 +49,13 @@ class GroupCommitWriter:
         connect: Callable[[], Any] | None,
         lock: ProcessWriteLock | None,
         after_commit: Callable[[], None] | None,
+        observe: BatchObserver | None = None,
     ) -> None:
         self._checkout = checkout
         self._connect = connect  # SQLite: opens the connection the event loop keeps
         self._lock = lock
         self._after_commit = after_commit
+        self._observe = observe
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="openexec-store-writer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[Write] = []
@@ -111,6 +117,7 @@ class GroupCommitWriter:
             self._fail_all(batch, StoreUnavailable(f"the store writer failed: {exc!r}"))
 
     def _start(self, batch: list[Write]) -> None:
+        started = time.perf_counter()
         if self._closed:
             self._fail_all(batch, StoreUnavailable("the store is closed"))
             return
@@ -128,7 +135,7 @@ class GroupCommitWriter:
         else:
             work = functools.partial(self._commit_kept, counts)
         done = asyncio.get_running_loop().run_in_executor(self._thread, work)
-        done.add_done_callback(functools.partial(self._committed, batch))
+        done.add_done_callback(functools.partial(self._committed, batch, started))
 
     def _run_on_loop(self, batch: list[Write]) -> list[int | Exception] | None:
         """The batch's row counts, its statements run in a transaction on the kept connection
@@ -161,8 +168,12 @@ class GroupCommitWriter:
             with contextlib.suppress(Exception):
                 kept.close()
 
-    def _committed(self, batch: list[Write], done: asyncio.Future[list[int | Exception]]) -> None:
+    def _committed(
+        self, batch: list[Write], started: float, done: asyncio.Future[list[int | Exception]]
+    ) -> None:
         """Resolve a committed batch and start the next (on the event loop)."""
+        if self._observe is not None:
+            self._observe(len(batch), time.perf_counter() - started)
         if (error := done.exception()) is not None:  # a bug in the thread
             log.error("the store writer failed a batch of %d writes", len(batch), exc_info=error)
             self._discard_kept()

@@ -27,11 +27,12 @@ def free_port() -> int:
 
 def clean_environment(**settings: str) -> dict[str, str]:
     """This process's environment without any OpenExec setting it may carry, plus ``settings``:
-    a server under test is configured by its test alone."""
+    a server under test is configured by its test alone. (An app built in this process sets
+    PROMETHEUS_MULTIPROC_DIR, the metrics directory of this process, not of the server.)"""
     inherited = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("OPENEXEC_", "CLAWSHIELD_"))
+        if not key.startswith(("OPENEXEC_", "CLAWSHIELD_", "PROMETHEUS_MULTIPROC_DIR"))
     }
     return {**inherited, **settings}
 
@@ -43,10 +44,14 @@ class Uvicorn:
     before uvicorn binds it; a server that exits before it is ready is started again on another
     port, twice at most."""
 
+    cwd = ROOT
+    log_level = "warning"  # uvicorn's --log-level, which OpenExec's own lines follow too
+
     def __init__(self, target: str, env: dict[str, str], workers: int = 1, log: Path | None = None):
+        self.target = target
         self._log = open(log or os.devnull, "ab")  # noqa: SIM115 - closed in stop()
         for attempt in range(3):
-            self._start(target, env, workers)
+            self._start(env, workers)
             try:
                 self._wait_ready()
                 return
@@ -54,15 +59,12 @@ class Uvicorn:
                 if attempt == 2:
                     raise
 
-    def _start(self, target: str, env: dict[str, str], workers: int) -> None:
+    def _start(self, env: dict[str, str], workers: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                target,
+                *self._command(),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -70,14 +72,17 @@ class Uvicorn:
                 "--workers",
                 str(workers),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=clean_environment(**env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", self.target]
 
     def _wait_ready(self, timeout: float = 30) -> None:
         """Poll /ready until the server answers; fail if the process exits or time runs out."""
@@ -107,3 +112,19 @@ class Uvicorn:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+
+
+OPENEXEC = Path(sys.executable).with_name("openexec")  # the console script beside this Python
+
+
+class Serve(Uvicorn):
+    """``openexec serve`` run from ``cwd``, as an operator starts it; otherwise a ``Uvicorn``."""
+
+    def __init__(
+        self, cwd: Path, env: dict[str, str], workers: int = 1, log: Path | None = None
+    ) -> None:
+        self.cwd = cwd
+        super().__init__("openexec.asgi:app", env, workers, log)
+
+    def _command(self) -> list[str]:
+        return [str(OPENEXEC), "serve"]

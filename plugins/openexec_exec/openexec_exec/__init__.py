@@ -17,6 +17,7 @@ from pydantic import Field
 from openexec import Action, PackSettings, hookimpl
 from openexec.settings import Settings
 from openexec_exec import client, sandbox
+from openexec_exec.metrics import SessionStates
 from openexec_exec.models import INSTANCE_NAME
 from openexec_exec.pack import CommandUser, ExecPack
 from openexec_exec.policy import Policy, load_policy
@@ -78,6 +79,12 @@ def register_settings() -> type[ExecSettings]:
 def register_actions(settings: Settings, pack_settings: ExecSettings) -> list[Action]:
     """Read the policy (once) and offer the actions; nothing is created here."""
     return build_pack(settings, pack_settings).actions()
+
+
+@hookimpl
+def register_collectors(pack_settings: ExecSettings) -> list[SessionStates]:
+    """The sessions by state, read from the state directory at each scrape."""
+    return [SessionStates(Sessions(pack_settings.state.absolute(), pack_settings.instance))]
 
 
 @hookimpl
