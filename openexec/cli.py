@@ -48,6 +48,7 @@ from openexec.approvals import mint_v1, mint_v2
 from openexec.backup import BackupError, backup_sqlite
 from openexec.ledger.commands import CommandError, add_ledger_commands
 from openexec.ledger.commands import read_text as _read_text
+from openexec.logs import uvicorn_log_config
 from openexec.models import PluginSummary
 from openexec.plugins import PluginError, Registry, load_registry
 from openexec.receipts import NO_RESULT, verify_envelope
@@ -364,6 +365,7 @@ def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
         "proxy_headers": args.proxy_headers,
         "forwarded_allow_ips": args.forwarded_allow_ips,
         "root_path": args.root_path,
+        "log_config": uvicorn_log_config(os.environ.get("OPENEXEC_LOG_FORMAT", "").strip().lower()),
     }
 
 

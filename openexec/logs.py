@@ -14,6 +14,7 @@ Events carry identifiers and hashes only, never a payload, a result or a secret.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ import time
 from json.encoder import encode_basestring_ascii as quoted
 from typing import Any
 
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import ColourizedFormatter
 
 from openexec.engine import ExecutionEvent
@@ -56,6 +58,17 @@ def configure_logging(log_format: str) -> None:
     if service.level == logging.NOTSET:
         uvicorn_level = logging.getLogger("uvicorn.error").level
         service.setLevel(uvicorn_level or logging.INFO)
+
+
+def uvicorn_log_config(log_format: str) -> dict[str, Any]:
+    """uvicorn's own logging configuration with this format's formatter: what ``openexec
+    serve`` gives uvicorn, so that the lines of its supervisor, which never loads the app,
+    are in the format too. An unknown format gets text; the workers then refuse it."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    formatter = JsonFormatter if log_format == "json" else TextFormatter
+    factory = {"()": f"{formatter.__module__}.{formatter.__qualname__}"}
+    config["formatters"] = {name: dict(factory) for name in config["formatters"]}
+    return config
 
 
 class ServiceHandler(logging.StreamHandler):

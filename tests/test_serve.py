@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -83,3 +84,24 @@ def test_the_options_reach_uvicorn():
     for wrong in (["--workers", "0"], ["--worker", "2"]):
         with pytest.raises(SystemExit):
             _parser().parse_args(["serve", *wrong])
+
+
+class ServeAtInfo(Serve):
+    log_level = "info"  # the supervisor's lines are INFO
+
+
+def test_json_logs_cover_the_supervisor_lines_too(tmp_path):
+    """Under ``--workers`` uvicorn's supervisor never loads the app; serve gives uvicorn the
+    format itself, so its lines ("Started parent process") are JSON as the workers' are."""
+    log = tmp_path / "serve.log"
+    env = {**ECHO_ONLY, "OPENEXEC_LOG_FORMAT": "json"}
+    server = ServeAtInfo(tmp_path, env, workers=2, log=log)
+    try:
+        wait_until(lambda: len(workers_of(server.process.pid)) == 2)
+    finally:
+        server.stop()
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    pids = {record["pid"] for record in records}
+    assert server.process.pid in pids  # the supervisor's own lines among them
+    assert any("parent process" in record["message"] for record in records)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import openexec_echo
 import psycopg
+import psycopg.rows
 import pytest
 from sqlalchemy import event
 
@@ -29,6 +30,7 @@ from openexec.store import (
     StoreUnavailable,
 )
 from tests.conftest import execute, reserve_rows, running_row, stored_rows
+from tests.support.commands import wait_until
 
 
 @pytest.fixture
@@ -480,3 +482,52 @@ def test_a_postgres_row_finishes_on_its_own_page_adding_nothing_to_its_indexes(
 
     assert asyncio.run(finish()) == [1] * len(rows)
     assert pages(url) == before
+
+
+def test_a_batch_postgres_rolls_back_to_break_a_deadlock_is_applied_again(pg_store):
+    """Two workers' group commits that claim the same nonces in opposite orders deadlock, and
+    PostgreSQL rolls one back: its writes must be applied again, not answered 503 (a batch of
+    concurrent requests did, in a two-instance test under load)."""
+    store, url = pg_store
+    columns = list(running_row("t-x", "nonce-x"))
+    insert = (
+        f"INSERT INTO executions ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f'%({name})s' for name in columns)})"
+    )
+    outcome: list = []
+
+    def batch() -> None:  # nonce-y, then nonce-x, which the other session holds uncommitted
+        async def reserve() -> list:
+            rows = (running_row("b-y", "nonce-y"), running_row("b-x", "nonce-x"))
+            writes = [store.reserve(row) for row in rows]  # submitted together: one batch
+            return await asyncio.gather(*writes, return_exceptions=True)
+
+        outcome.extend(asyncio.run(reserve()))
+
+    with psycopg.connect(url) as other:  # one transaction, held open
+        other.execute(insert, running_row("t-x", "nonce-x"))
+        writer = threading.Thread(target=batch)
+        writer.start()
+        wait_until(lambda: ("Lock",) in waits(url))  # the batch waits for nonce-x
+        try:  # nonce-y: each now waits for the other, until PostgreSQL breaks the cycle
+            other.execute(insert, running_row("t-y", "nonce-y"))
+        except psycopg.errors.DeadlockDetected:  # this side was chosen: the batch went on
+            other.rollback()
+        other.commit()
+        writer.join(timeout=60)
+    assert not any(isinstance(result, Exception) for result in outcome), outcome
+    nonces = sorted(row["nonce"] for row in rows_of(url))
+    assert nonces == ["nonce-x", "nonce-y"]  # each claimed once, by one side or the other
+
+
+def waits(url: str) -> list[tuple[str]]:
+    with psycopg.connect(url, autocommit=True) as connection:
+        return connection.execute(
+            "SELECT wait_event_type FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+
+
+def rows_of(url: str) -> list[dict]:
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as connection:
+        return connection.execute("SELECT id, nonce FROM executions").fetchall()

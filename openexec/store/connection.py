@@ -22,6 +22,15 @@ class StoreUnavailable(Exception):
     """The database did not answer; nothing that depended on it happened."""
 
 
+class StoreConflict(StoreUnavailable):
+    """PostgreSQL rolled a transaction back to break a deadlock with another's: nothing of it
+    happened, and it may run again. Two workers' group commits whose rows claim the same nonces
+    or approvals in opposite orders wait for each other this way."""
+
+
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+
+
 class Compiled:
     """A statement compiled once for the store's dialect and run on a driver cursor."""
 

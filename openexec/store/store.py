@@ -17,8 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from openexec.settings import Settings
 from openexec.store.connection import (
+    RETRYABLE_SQLSTATES,
     Compiled,
     DriverErrors,
+    StoreConflict,
     StoreUnavailable,
     first_line,
     open_engine,
@@ -278,6 +280,10 @@ class Store:
             with contextlib.suppress(self._errors.any):
                 connection.rollback()
             raise exc
+        if getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            with contextlib.suppress(self._errors.any):
+                connection.rollback()  # the connection is sound; only its transaction went
+            raise StoreConflict(first_line(exc)) from exc
         connection.invalidate()  # possibly broken (a restarted server): never reuse it
         raise StoreUnavailable(first_line(exc)) from exc
 

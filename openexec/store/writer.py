@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from openexec.store.connection import Compiled, StoreUnavailable, first_line
+from openexec.store.connection import Compiled, StoreConflict, StoreUnavailable, first_line
 from openexec.store.sqlite_locks import ProcessWriteLock
 
 log = logging.getLogger("openexec.store")
@@ -42,6 +42,7 @@ class GroupCommitWriter:
     """
 
     MAX_BATCH = 256
+    CONFLICT_RETRIES = 3  # a lone write the database rolled back to break a deadlock
 
     def __init__(
         self,
@@ -214,13 +215,19 @@ class GroupCommitWriter:
         self._committed_hook()
         return counts
 
-    def _apply(self, batch: list[Write]) -> list[int | Exception]:
+    def _apply(self, batch: list[Write], conflicts: int = 0) -> list[int | Exception]:
         """Row counts, or for a write the database did not take, the reason."""
         try:
             with self._checkout() as connection:
                 sqlite = self._connect is not None
                 counts = _run_batch(connection.cursor(), batch, begin_immediately=sqlite)
                 connection.commit()
+        except StoreConflict as exc:  # rolled back to break a deadlock: nothing happened
+            if len(batch) > 1:  # one write a transaction holds no row another batch waits for
+                return [self._apply([write])[0] for write in batch]
+            if conflicts < self.CONFLICT_RETRIES:
+                return self._apply(batch, conflicts + 1)
+            return [exc]
         except StoreUnavailable as exc:  # an outage: the whole batch failed, at once
             return [exc] * len(batch)
         except Exception as exc:  # a value the database refused
