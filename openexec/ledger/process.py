@@ -67,12 +67,6 @@ class IntegratorProcess:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="openexec-ledger", daemon=True)
 
-    @property
-    def pid(self) -> int | None:
-        """The running child's pid (for tests and operators)."""
-        child = self._child
-        return None if child is None else child.pid
-
     def start(self) -> None:
         """Start the child (from the app's startup, once the worker's logging is set)."""
         self._config["log_level"] = logging.getLogger("openexec").getEffectiveLevel()
